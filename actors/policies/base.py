@@ -1,0 +1,135 @@
+"""What every policy family provides, and the helpers they share.
+
+A policy wraps one diffusers pipeline: its transformer (the trained module, optionally with a LoRA adapter),
+its text encoders, VAE and scheduler config. The sampling loop and the learner only talk to this interface,
+so a family adds itself by implementing it in one file and naming itself in `actors.policies.POLICY_FAMILIES`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Protocol
+
+import torch
+from torch import Tensor, nn
+
+from flexgrpo.config import LoraConfig, PolicyConfig
+from flexgrpo.records import PromptEmbedding
+
+TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class DiffusionPolicy(Protocol):
+    transformer: nn.Module  # the trained module; `velocity` takes it (or its DeepSpeed engine) explicitly
+
+    def encode_prompts(self, prompts: list[str]) -> list[PromptEmbedding]:
+        """One conditioning per prompt ("" gives the unconditional one used for CFG)."""
+        ...
+
+    def velocity(self, model: nn.Module, latents: Tensor, sigma: Tensor, cond: PromptEmbedding) -> Tensor:
+        """Model velocity for a batch. latents [B, *latent], sigma [B], cond batched ([B, L, D]). -> [B, *latent]"""
+        ...
+
+    def latent_shape(self) -> tuple[int, ...]:
+        """Shape of one sample's latent."""
+        ...
+
+    def schedule(self, num_steps: int) -> Tensor:
+        """The sigmas of a `num_steps` schedule, from 1 down to 0. -> [num_steps + 1] float32"""
+        ...
+
+    def decode(self, latents: Tensor) -> Tensor:
+        """Latents [B, *latent] -> media uint8 [B, H, W, 3] (images) or [B, F, H, W, 3] (videos)."""
+        ...
+
+
+def load_pipeline(pipeline_cls: type, model: str, dtype: torch.dtype):
+    """Load a diffusers pipeline from a folder or hub id; components saved as absent (null) stay absent."""
+    from actors.tiny_models import resolve_model
+
+    path = resolve_model(model)
+    absent = {}
+    index = Path(path) / "model_index.json"
+    if index.exists():
+        absent = {k: None for k, v in json.loads(index.read_text()).items() if v == [None, None]}
+    elif not Path(path).exists() and "/" not in path:
+        raise FileNotFoundError(f"policy.model {model!r} is neither a pipeline folder nor a hub id")
+    pipe = pipeline_cls.from_pretrained(path, torch_dtype=dtype, **absent)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def add_lora(transformer: nn.Module, lora: LoraConfig) -> None:
+    """Freeze the transformer and give it a trainable LoRA adapter (B initialised to 0: no change at start)."""
+    from peft import LoraConfig as PeftLoraConfig
+
+    transformer.requires_grad_(False)
+    transformer.add_adapter(
+        PeftLoraConfig(
+            r=lora.rank,
+            lora_alpha=lora.alpha,
+            init_lora_weights="gaussian",
+            target_modules=list(lora.target_modules),
+        )
+    )
+    for p in transformer.parameters():
+        if p.requires_grad:
+            p.data = p.data.float()  # adapters train in fp32 whatever the base dtype
+
+
+def prepare_transformer(transformer: nn.Module, cfg: PolicyConfig) -> None:
+    if cfg.lora.enabled:
+        add_lora(transformer, cfg.lora)
+    else:
+        transformer.requires_grad_(True)
+
+
+def trainable_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
+    """The parameters the learner trains and broadcasts, by name (same names on every role)."""
+    return {name: p for name, p in model.named_parameters() if p.requires_grad}
+
+
+@contextmanager
+def adapter_disabled(transformer: nn.Module) -> Iterator[None]:
+    """The reference policy: the same transformer with its LoRA adapter switched off."""
+    transformer.disable_adapters()
+    try:
+        yield
+    finally:
+        transformer.enable_adapters()
+
+
+def batch_embeddings(embeddings: list[PromptEmbedding]) -> PromptEmbedding:
+    """Stack per-sample conditionings into one batch: tokens [B, L, D], pooled [B, P]."""
+    pooled = [e.pooled for e in embeddings]
+    return PromptEmbedding(
+        tokens=torch.stack([e.tokens for e in embeddings]),
+        pooled=None if pooled[0] is None else torch.stack(pooled),  # type: ignore[arg-type]
+    )
+
+
+def guided_velocity(
+    policy: DiffusionPolicy,
+    model: nn.Module,
+    latents: Tensor,
+    sigma: Tensor,
+    cond: PromptEmbedding,
+    uncond: PromptEmbedding | None,
+    guidance_scale: float,
+) -> Tensor:
+    """Velocity with classifier-free guidance. The unconditional branch never carries gradients, and both
+    branches run as separate forwards in sampling and training alike, so a recomputed step is bit-identical."""
+    v_cond = policy.velocity(model, latents, sigma, cond)
+    if uncond is None or guidance_scale == 1.0:
+        return v_cond
+    with torch.no_grad():
+        v_uncond = policy.velocity(model, latents, sigma, uncond)
+    return v_uncond + guidance_scale * (v_cond - v_uncond)
+
+
+def to_uint8(images: Tensor) -> Tensor:
+    """Decoder output in [-1, 1] -> uint8 in [0, 255]."""
+    return ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)

@@ -1,0 +1,65 @@
+"""Stable Diffusion 3 / 3.5 (SD3Transformer2DModel, flow matching, two CLIP encoders and an optional T5)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from actors.policies.base import TORCH_DTYPES, load_pipeline, prepare_transformer, to_uint8
+from flexgrpo.config import PolicyConfig
+from flexgrpo.records import PromptEmbedding
+
+
+class SD3Policy:
+    family = "sd3"
+
+    def __init__(self, cfg: PolicyConfig, device: torch.device | str = "cpu") -> None:
+        from diffusers import StableDiffusion3Pipeline
+
+        self.cfg = cfg
+        self.device = torch.device(device)
+        self.dtype = TORCH_DTYPES[cfg.dtype]
+        self.pipeline = load_pipeline(StableDiffusion3Pipeline, cfg.model, self.dtype).to(self.device)
+        self.transformer = self.pipeline.transformer
+        prepare_transformer(self.transformer, cfg)
+        self._vae_scale = self.pipeline.vae_scale_factor
+
+    @torch.no_grad()
+    def encode_prompts(self, prompts: list[str]) -> list[PromptEmbedding]:
+        tokens, _, pooled, _ = self.pipeline.encode_prompt(
+            prompt=prompts,
+            prompt_2=None,
+            prompt_3=None,
+            device=self.device,
+            do_classifier_free_guidance=False,
+            max_sequence_length=self.cfg.max_sequence_length,
+        )
+        return [PromptEmbedding(tokens=t, pooled=p) for t, p in zip(tokens, pooled, strict=True)]
+
+    def velocity(self, model: nn.Module, latents: Tensor, sigma: Tensor, cond: PromptEmbedding) -> Tensor:
+        timestep = sigma * self.pipeline.scheduler.config.num_train_timesteps  # [B]
+        return model(
+            hidden_states=latents.to(self.dtype),
+            encoder_hidden_states=cond.tokens.to(self.device, self.dtype),
+            pooled_projections=cond.pooled.to(self.device, self.dtype),
+            timestep=timestep.to(self.device, self.dtype),
+            return_dict=False,
+        )[0]
+
+    def latent_shape(self) -> tuple[int, ...]:
+        channels = self.transformer.config.in_channels
+        return (channels, self.cfg.height // self._vae_scale, self.cfg.width // self._vae_scale)
+
+    def schedule(self, num_steps: int) -> Tensor:
+        from diffusers import FlowMatchEulerDiscreteScheduler
+
+        scheduler = FlowMatchEulerDiscreteScheduler.from_config(self.pipeline.scheduler.config)
+        scheduler.set_timesteps(num_steps, device="cpu")
+        return scheduler.sigmas.to(torch.float32)
+
+    @torch.no_grad()
+    def decode(self, latents: Tensor) -> Tensor:
+        vae = self.pipeline.vae
+        latents = latents / vae.config.scaling_factor + (vae.config.shift_factor or 0.0)
+        images = vae.decode(latents.to(vae.dtype), return_dict=False)[0]  # [B, 3, H, W] in [-1, 1]
+        return to_uint8(images).permute(0, 2, 3, 1).cpu()  # [B, H, W, 3]

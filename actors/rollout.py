@@ -1,0 +1,117 @@
+"""Sampling one prompt group with per-step log-probs: the rollout side of GRPO, as a pipeline-style recipe."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from actors.policies.base import DiffusionPolicy, batch_embeddings, guided_velocity
+from actors.samplers import get_sampler, ode_step
+from flexgrpo.config import SamplerConfig
+from flexgrpo.records import MediaGroup, PromptGroup, TrajectoryGroup
+
+
+def sample_seed(run_seed: int, group_seed: int, index: int) -> int:
+    """Noise seed of one sample: distinct across samples, groups and workers, reproducible from the three."""
+    return int(np.random.SeedSequence([run_seed, group_seed, index]).generate_state(1, np.uint64)[0] >> 1)
+
+
+def choose_trained_steps(cfg: SamplerConfig, group_size: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    """Which steps each sample trains on, and which steps draw SDE noise at all.
+
+    -> trained [G, K] long step indices (sorted), stochastic [T] bool (False: an ODE step).
+    fraction: the first K steps; random: a random K-subset per sample; window: Flow-GRPO-Fast, a window of
+    `window_size` consecutive SDE steps starting in the first half, ODE elsewhere, only the window trained.
+    """
+    steps = cfg.num_steps
+    if cfg.train_timesteps == "window":
+        start = int(torch.randint(0, steps // 2 - cfg.window_size + 1, (1,), generator=generator))
+        window = torch.arange(start, start + cfg.window_size)
+        stochastic = torch.zeros(steps, dtype=torch.bool)
+        stochastic[window] = True
+        return window.expand(group_size, -1).clone(), stochastic
+    k = max(1, math.ceil(cfg.timestep_fraction * steps))
+    if cfg.train_timesteps == "fraction":
+        trained = torch.arange(k).expand(group_size, -1).clone()
+    else:
+        trained = torch.stack([torch.randperm(steps, generator=generator)[:k].sort().values for _ in range(group_size)])
+    return trained, torch.ones(steps, dtype=torch.bool)
+
+
+@torch.no_grad()
+def sample_group(
+    policy: DiffusionPolicy,
+    group: PromptGroup,
+    cfg: SamplerConfig,
+    *,
+    run_seed: int,
+    policy_version: int,
+) -> tuple[TrajectoryGroup, MediaGroup]:
+    """Draw the G samples of `group` with the configured sampler, recording the trained transitions."""
+    G = group.group_size
+    seeds = [sample_seed(run_seed, group.seed, i) for i in range(G)]
+    generators = [torch.Generator().manual_seed(s) for s in seeds]
+
+    # 1. encode the prompt (and the empty prompt for CFG)
+    use_cfg = cfg.guidance_scale > 1.0
+    embeddings = policy.encode_prompts([group.prompt, ""] if use_cfg else [group.prompt])
+    cond, uncond = embeddings[0], (embeddings[1] if use_cfg else None)
+    cond_batch = batch_embeddings([cond] * G)
+    uncond_batch = batch_embeddings([uncond] * G) if uncond is not None else None
+
+    # 2. initial noise, one generator per sample
+    shape = policy.latent_shape()
+    x = torch.stack([torch.randn(shape, generator=g) for g in generators])  # [G, *latent]
+    device = next(policy.transformer.parameters()).device
+    x = x.to(device)
+
+    # 3. timesteps and which of them are trained
+    sigmas = policy.schedule(cfg.num_steps)  # [T + 1]
+    trained, stochastic = choose_trained_steps(cfg, G, torch.Generator().manual_seed(seeds[0]))
+    step_fn = get_sampler(cfg.kind)
+    recorded_x, recorded_next, recorded_logp = [], [], []
+
+    # 4. denoise, keeping x, x' and the log-prob at every step some sample trains on
+    for j in range(cfg.num_steps):
+        sigma = sigmas[j].expand(G).to(device)
+        next_sigma = sigmas[j + 1].expand(G).to(device)
+        v = guided_velocity(policy, policy.transformer, x, sigma, cond_batch, uncond_batch, cfg.guidance_scale)
+        noise = torch.stack([torch.randn(shape, generator=g) for g in generators]).to(device)
+        fn = step_fn if stochastic[j] else ode_step
+        out = fn(x, v, sigma, next_sigma, noise_level=cfg.noise_level, sigma_1=float(sigmas[1]), noise=noise)
+        if (trained == j).any():
+            recorded_x.append(x.float().cpu())
+            recorded_next.append(out.next_latents.cpu())
+            recorded_logp.append(out.log_prob.cpu())
+        x = out.next_latents.to(x.dtype)
+
+    # 5. decode, and gather each sample's trained transitions
+    media = policy.decode(x)
+    recorded_steps = torch.tensor(sorted({int(j) for j in trained.flatten()}))
+    position = torch.searchsorted(recorded_steps, trained)  # [G, K] index into the recorded steps
+    rows = torch.arange(G).unsqueeze(1)  # [G, 1]
+    trajectory = TrajectoryGroup(
+        group_id=group.group_id,
+        prompt=group.prompt,
+        policy_version=policy_version,
+        sampler=cfg.kind,
+        noise_level=cfg.noise_level,
+        seeds=seeds,
+        latents=torch.stack(recorded_x, dim=1)[rows, position],  # [G, K, *latent]
+        next_latents=torch.stack(recorded_next, dim=1)[rows, position],  # [G, K, *latent]
+        sigmas=sigmas[trained],  # [G, K]
+        next_sigmas=sigmas[trained + 1],  # [G, K]
+        schedule_sigma_1=float(sigmas[1]),
+        log_probs=torch.stack(recorded_logp, dim=1)[rows, position],  # [G, K]
+        cond=_to_cpu(cond),
+        uncond=_to_cpu(uncond) if uncond is not None else None,
+        guidance_scale=cfg.guidance_scale,
+    )
+    return trajectory, MediaGroup(group.group_id, group.prompt, policy_version, media)
+
+
+def _to_cpu(e):
+    return type(e)(tokens=e.tokens.float().cpu(), pooled=None if e.pooled is None else e.pooled.float().cpu())

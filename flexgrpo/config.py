@@ -1,0 +1,286 @@
+"""The one config schema of flexgrpo: dataclasses loaded as OmegaConf structured configs.
+
+Every option is documented where it is declared. `load_config` merges a YAML recipe and `key=value`
+overrides onto the schema and validates the result once; each role then receives its own sub-config.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from omegaconf import MISSING, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+SAMPLER_KINDS = ("cps", "dance", "ode", "sde")
+TRAIN_TIMESTEP_CHOICES = ("fraction", "random", "window")
+DTYPES = ("bf16", "fp16", "fp32")
+REWARD_COMBINE = ("advantage", "sum")
+DEFAULT_RECIPE = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
+
+
+class ConfigError(ValueError):
+    """A recipe or override that cannot run; the message names the key and what to change."""
+
+
+@dataclass
+class RunConfig:
+    name: str = "tiny"  # run name; the run directory is <output_dir>/<name>
+    output_dir: str = "runs"  # parent folder of run directories
+    seed: int = 0  # run seed: sample noise derives from (seed, group id, sample index)
+    num_steps: int = 30  # learner steps (GRPO updates) to run
+
+
+@dataclass
+class PoolConfig:
+    num_workers: int = 1  # Ray actors in this pool (learner: DeepSpeed ranks)
+    gpus_per_worker: float = 1.0  # GPUs per actor (logical GPUs on a CPU machine); fractions allowed
+    cpus_per_worker: float = 0.0  # CPUs reserved per actor (0 lets roles share a small machine)
+
+
+@dataclass
+class ClusterConfig:
+    address: str | None = None  # Ray address to join ("auto", "ray://..."); null starts a local Ray
+    num_cpus: int | None = None  # local Ray only: CPUs to declare (null: all)
+    num_gpus: int = 3  # local Ray only: GPUs to declare (logical ones on a CPU machine)
+    redis_url: str | None = None  # control-plane Redis; null starts an embedded one in the run directory
+    rollout: PoolConfig = field(default_factory=PoolConfig)  # the policy's sampling pool
+    reward: PoolConfig = field(default_factory=PoolConfig)  # the reward models' pool
+    learner: PoolConfig = field(default_factory=PoolConfig)  # the DeepSpeed learner's ranks
+
+
+@dataclass
+class LoraConfig:
+    enabled: bool = True  # train a LoRA adapter (reference policy = adapter disabled); false: full fine-tuning
+    rank: int = 32  # LoRA rank r
+    alpha: int = 64  # LoRA alpha (scale alpha / r)
+    target_modules: list[str] = field(
+        default_factory=lambda: [
+            "to_q", "to_k", "to_v", "to_out.0",
+            "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out",
+        ]
+    )  # attention projections that get an adapter
+
+
+@dataclass
+class PolicyConfig:
+    family: str = "sd3"  # model family adapter: sd3 (SD3/SD3.5), flux, wan
+    model: str = "tiny-sd3"  # diffusers pipeline folder, hub id, or a tiny model built offline (tiny-sd3, ...)
+    dtype: str = "fp32"  # weights and activations: fp32, bf16 or fp16 (the sampler math is always fp32)
+    height: int = 64  # image/video height in pixels
+    width: int = 64  # image/video width in pixels
+    num_frames: int = 1  # video frames (video families only)
+    max_sequence_length: int = 77  # text tokens per prompt
+    lora: LoraConfig = field(default_factory=LoraConfig)
+
+
+@dataclass
+class SamplerConfig:
+    kind: str = "sde"  # per-step sampler with log-probs: sde (Flow-GRPO), cps, dance; ode for evaluation only
+    noise_level: float = 0.7  # the SDE noise level a (SD3 0.7, FLUX 0.9, CPS 0.8) or Dance eta
+    num_steps: int = 10  # denoising steps while training (denoising reduction)
+    eval_num_steps: int = 40  # denoising steps for evaluation
+    guidance_scale: float = 1.0  # classifier-free guidance; 1.0 turns CFG off
+    train_timesteps: str = "fraction"  # which steps are trained: fraction (first ones), random subset, window
+    timestep_fraction: float = 0.6  # fraction of the steps trained (fraction, random)
+    window_size: int = 2  # Flow-GRPO-Fast: SDE steps in the window (others ODE); only the window is trained
+
+
+@dataclass
+class GRPOConfig:
+    group_size: int = 8  # G: samples per prompt
+    groups_per_step: int = 4  # prompt groups per learner step
+    clip_range: float = 1e-4  # PPO ratio clip epsilon
+    kl_beta: float = 0.0  # weight of the KL to the reference policy (LoRA disabled); 0 skips the reference
+    adv_clip: float = 5.0  # advantages are clamped to +-adv_clip
+    global_std: bool = False  # normalise by the std over the whole step instead of per prompt
+    max_staleness: int = 0  # how many versions actors may run ahead of the learner (0: synchronous)
+    reward_combine: str = "sum"  # several rewards: sum (weighted rewards) or advantage (weighted advantages)
+
+
+@dataclass
+class RewardSpec:
+    name: str = MISSING  # reward model from the reward registry (jpeg_compressibility, unifiedreward_flex, ...)
+    weight: float = 1.0  # weight in the combined reward or advantage
+    model: str | None = None  # model folder or hub id for model-based rewards
+    backend: str = "vllm"  # model-based rewards: vllm (in-process engine), http (OpenAI API), transformers
+    url: str | None = None  # http backend: base URL of an OpenAI-compatible server
+    api_key_env: str = "OPENAI_API_KEY"  # http backend: environment variable holding the key
+    max_concurrency: int = 16  # http backend: requests in flight
+    timeout_s: float = 120.0  # http backend: per-request timeout
+    max_retries: int = 2  # retries of a failed or garbled judgement before it counts as a tie
+    max_new_tokens: int = 1024  # judge reply length
+    structured_output: bool = False  # constrain judge replies to the reply JSON schema
+    both_orders: bool = False  # pairwise judges: judge (i, j) and (j, i) to cancel position bias
+    pairs_per_sample: int | None = None  # pairwise judges: compare each sample with k others (null: all pairs)
+
+
+@dataclass
+class LearnerConfig:
+    lr: float = 3e-4  # AdamW learning rate
+    weight_decay: float = 1e-4  # AdamW weight decay
+    adam_betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # AdamW betas
+    grad_clip: float = 1.0  # gradient norm clip
+    zero_stage: int = 2  # DeepSpeed ZeRO stage (0-3)
+    micro_batch_size: int = 8  # samples per forward/backward; gradients accumulate over samples and steps
+
+
+@dataclass
+class PromptsConfig:
+    file: str | None = None  # text file, one prompt per line; null uses the built-in tiny prompt list
+
+
+@dataclass
+class LoggingConfig:
+    tensorboard: bool = True  # write TensorBoard events next to metrics.jsonl
+    sample_grid_every: int = 0  # save a sample grid every N steps (0: only at the first and last step)
+
+
+@dataclass
+class Config:
+    run: RunConfig = field(default_factory=RunConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    grpo: GRPOConfig = field(default_factory=GRPOConfig)
+    rewards: list[RewardSpec] = field(
+        default_factory=lambda: [RewardSpec(name="jpeg_compressibility")]
+    )  # reward models, combined per grpo.reward_combine
+    learner: LearnerConfig = field(default_factory=LearnerConfig)
+    prompts: PromptsConfig = field(default_factory=PromptsConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+
+
+def load_config(recipe: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Merge a YAML recipe (default: configs/tiny.yaml) and `key=value` overrides onto the schema, then validate."""
+    path = Path(recipe) if recipe is not None else DEFAULT_RECIPE
+    if not path.is_file():
+        raise ConfigError(f"recipe {str(path)!r} does not exist")
+    schema = OmegaConf.structured(Config)
+    try:
+        merged = OmegaConf.merge(schema, OmegaConf.load(path))
+        merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(list(overrides)))
+    except OmegaConfBaseException as err:
+        raise ConfigError(_explain(err, path)) from None
+    cfg: Config = OmegaConf.to_object(merged)  # type: ignore[assignment]
+    validate(cfg)
+    return cfg
+
+
+def config_from_dict(data: dict) -> Config:
+    """Rebuild a validated Config from a plain dict (as stored in the run registry or a checkpoint)."""
+    try:
+        cfg: Config = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), data))  # type: ignore
+    except OmegaConfBaseException as err:
+        raise ConfigError(_explain(err, None)) from None
+    validate(cfg)
+    return cfg
+
+
+def to_dict(cfg: Config) -> dict:
+    return OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)  # type: ignore[return-value]
+
+
+def to_yaml(cfg: Config) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+
+def _explain(err: OmegaConfBaseException, path: Path | None) -> str:
+    key = getattr(err, "full_key", None) or "?"
+    where = f" (in {path})" if path else ""
+    first_line = str(err).splitlines()[0]
+    if "not in" in first_line or "Key" in first_line and "not" in first_line:
+        return f"unknown config key {key!r}{where}: {first_line}"
+    return f"bad value for config key {key!r}{where}: {first_line}"
+
+
+def _one_of(key: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(f"{key} must be one of {sorted(choices)}, got {value!r}")
+
+
+def _positive(key: str, value: float, *, allow_zero: bool = False) -> None:
+    if value < 0 or (value == 0 and not allow_zero):
+        raise ConfigError(f"{key} must be {'>= 0' if allow_zero else '> 0'}, got {value}")
+
+
+def validate(cfg: Config) -> None:
+    """Reject values that cannot run, naming the key. Names of swappable parts are checked by their tables."""
+    _positive("run.num_steps", cfg.run.num_steps)
+    _one_of("policy.dtype", cfg.policy.dtype, DTYPES)
+    for key in ("height", "width", "num_frames", "max_sequence_length"):
+        _positive(f"policy.{key}", getattr(cfg.policy, key))
+    if cfg.policy.height % 16 or cfg.policy.width % 16:
+        raise ConfigError(
+            f"policy.height and policy.width must be multiples of 16, got {cfg.policy.height}x{cfg.policy.width}"
+        )
+    if cfg.policy.lora.enabled:
+        _positive("policy.lora.rank", cfg.policy.lora.rank)
+        _positive("policy.lora.alpha", cfg.policy.lora.alpha)
+        if not cfg.policy.lora.target_modules:
+            raise ConfigError("policy.lora.target_modules is empty: name the modules that get an adapter")
+
+    s = cfg.sampler
+    _one_of("sampler.kind", s.kind, SAMPLER_KINDS)
+    if s.kind == "ode":
+        raise ConfigError("sampler.kind 'ode' has no exploration noise and cannot train: use sde, cps or dance")
+    _one_of("sampler.train_timesteps", s.train_timesteps, TRAIN_TIMESTEP_CHOICES)
+    _positive("sampler.num_steps", s.num_steps)
+    _positive("sampler.eval_num_steps", s.eval_num_steps)
+    _positive("sampler.noise_level", s.noise_level)
+    if not 0 < s.timestep_fraction <= 1:
+        raise ConfigError(f"sampler.timestep_fraction must be in (0, 1], got {s.timestep_fraction}")
+    if s.guidance_scale < 1:
+        raise ConfigError(f"sampler.guidance_scale must be >= 1 (1 turns CFG off), got {s.guidance_scale}")
+    if s.train_timesteps == "window" and not 1 <= s.window_size <= max(1, s.num_steps // 2):
+        raise ConfigError(
+            f"sampler.window_size must fit in the first half of the {s.num_steps} steps, got {s.window_size}"
+        )
+
+    g = cfg.grpo
+    if g.group_size < 2:
+        raise ConfigError(f"grpo.group_size must be >= 2 (advantages compare samples of a prompt), got {g.group_size}")
+    _positive("grpo.groups_per_step", g.groups_per_step)
+    _positive("grpo.clip_range", g.clip_range)
+    _positive("grpo.kl_beta", g.kl_beta, allow_zero=True)
+    _positive("grpo.adv_clip", g.adv_clip)
+    _positive("grpo.max_staleness", g.max_staleness, allow_zero=True)
+    _one_of("grpo.reward_combine", g.reward_combine, REWARD_COMBINE)
+
+    if not cfg.rewards:
+        raise ConfigError("rewards is empty: name at least one reward model")
+    for i, spec in enumerate(cfg.rewards):
+        _positive(f"rewards[{i}].weight", spec.weight, allow_zero=True)
+        _positive(f"rewards[{i}].max_concurrency", spec.max_concurrency)
+        _positive(f"rewards[{i}].timeout_s", spec.timeout_s)
+        _positive(f"rewards[{i}].max_retries", spec.max_retries, allow_zero=True)
+        if spec.pairs_per_sample is not None and not 1 <= spec.pairs_per_sample < g.group_size:
+            raise ConfigError(
+                f"rewards[{i}].pairs_per_sample must be in [1, group_size - 1 = {g.group_size - 1}], "
+                f"got {spec.pairs_per_sample}"
+            )
+
+    lr = cfg.learner
+    _positive("learner.lr", lr.lr)
+    _positive("learner.weight_decay", lr.weight_decay, allow_zero=True)
+    _positive("learner.grad_clip", lr.grad_clip)
+    _positive("learner.micro_batch_size", lr.micro_batch_size)
+    if lr.zero_stage not in (0, 1, 2, 3):
+        raise ConfigError(f"learner.zero_stage must be one of [0, 1, 2, 3], got {lr.zero_stage}")
+    if len(lr.adam_betas) != 2 or not all(0 <= b < 1 for b in lr.adam_betas):
+        raise ConfigError(f"learner.adam_betas must be two numbers in [0, 1), got {lr.adam_betas}")
+    _positive("logging.sample_grid_every", cfg.logging.sample_grid_every, allow_zero=True)
+
+    c = cfg.cluster
+    for pool in ("rollout", "reward", "learner"):
+        p: PoolConfig = getattr(c, pool)
+        _positive(f"cluster.{pool}.num_workers", p.num_workers)
+        _positive(f"cluster.{pool}.gpus_per_worker", p.gpus_per_worker, allow_zero=True)
+        _positive(f"cluster.{pool}.cpus_per_worker", p.cpus_per_worker, allow_zero=True)
+    if c.address is None:
+        wanted = sum(getattr(c, p).num_workers * getattr(c, p).gpus_per_worker for p in ("rollout", "reward", "learner"))
+        if wanted > c.num_gpus:
+            raise ConfigError(
+                f"the pools need {wanted:g} GPUs but cluster.num_gpus is {c.num_gpus}: "
+                "raise cluster.num_gpus or shrink cluster.<pool>.num_workers / gpus_per_worker"
+            )

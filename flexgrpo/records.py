@@ -1,0 +1,104 @@
+"""The records passed between roles, defined once.
+
+Driver -> rollout worker: `PromptGroup`. Rollout worker -> learner: `TrajectoryGroup` (what training needs);
+rollout worker -> reward worker: `MediaGroup` (what judging needs), so bulk latents never travel to the reward
+pool. Reward worker -> learner: `ScoredGroup`. Learner -> rollout workers: a `WeightUpdate` header, then the
+flat weights over the weight-sync group.
+
+They travel between roles only through Ray's object store; what goes to Redis or HTTP is JSON (see
+`flexgrpo.control_plane`), never pickle. `RECORD_SCHEMA` is bumped whenever a field changes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+RECORD_SCHEMA = 1
+
+
+@dataclass(frozen=True)
+class PromptGroup:
+    group_id: str  # unique over the run: "s{step}-g{index}" for training, "eval-{index}" for evaluation
+    prompt: str
+    group_size: int  # G: samples to draw for this prompt
+    seed: int  # base seed; sample i draws its noise from a generator seeded by (seed, i)
+
+
+@dataclass(frozen=True)
+class PromptEmbedding:
+    """Text conditioning of one prompt, as the policy's transformer consumes it."""
+
+    tokens: torch.Tensor  # [L, D] token embeddings
+    pooled: torch.Tensor | None = None  # [P] pooled embedding (SD3, FLUX); None for families without one
+
+
+@dataclass(frozen=True)
+class TrajectoryGroup:
+    """The trained transitions of one group, with their behaviour log-probs. K = trained steps per sample."""
+
+    group_id: str
+    prompt: str
+    policy_version: int  # weights that sampled it
+    sampler: str  # sampler kind whose step produced the transitions (the learner re-scores with the same)
+    noise_level: float  # the sampler's noise level a / eta
+    seeds: list[int]  # [G] per-sample noise seeds
+    latents: torch.Tensor  # [G, K, *latent] float32, x at each trained step
+    next_latents: torch.Tensor  # [G, K, *latent] float32, the drawn x' of that step
+    sigmas: torch.Tensor  # [G, K] float32, sigma of each trained step
+    next_sigmas: torch.Tensor  # [G, K] float32, sigma' of each trained step
+    schedule_sigma_1: float  # the schedule's second sigma (SDE std at sigma = 1)
+    log_probs: torch.Tensor  # [G, K] float32 behaviour log-probs
+    cond: PromptEmbedding  # the prompt's conditioning
+    uncond: PromptEmbedding | None  # negative-prompt conditioning when sampled with CFG
+    guidance_scale: float  # CFG scale used while sampling (1.0: no CFG)
+    schema: int = RECORD_SCHEMA
+
+    @property
+    def group_size(self) -> int:
+        return self.latents.shape[0]
+
+
+@dataclass(frozen=True)
+class MediaGroup:
+    """The decoded samples of one group, for the judges and the logs."""
+
+    group_id: str
+    prompt: str
+    policy_version: int
+    media: torch.Tensor  # [G, H, W, 3] uint8 images, or [G, F, H, W, 3] uint8 video frames
+    schema: int = RECORD_SCHEMA
+
+    @property
+    def is_video(self) -> bool:
+        return self.media.dim() == 5
+
+
+@dataclass(frozen=True)
+class ScoredGroup:
+    """Rewards of one group, from one version of the reward spec."""
+
+    group_id: str
+    policy_version: int
+    reward_version: int  # the reward spec that scored it; groups of different versions are never normalised together
+    rewards: torch.Tensor  # [G] float32 combined reward
+    components: dict[str, torch.Tensor]  # reward name -> [G] float32 reward of that model (before weighting)
+    details: list[dict] = field(default_factory=list)  # judge's parsed replies etc., JSON-able, for logs
+    unparsed: int = 0  # judge replies that did not parse (counted as ties)
+    requests: int = 0  # judge requests made for this group
+    schema: int = RECORD_SCHEMA
+
+
+@dataclass(frozen=True)
+class WeightUpdate:
+    """Header of a weight broadcast: the flat buffer that follows holds `names` in order."""
+
+    version: int
+    names: list[str]
+    shapes: list[list[int]]
+    dtype: str  # torch dtype name of the flat buffer, e.g. "float32"
+
+    @property
+    def numel(self) -> int:
+        return sum(int(torch.Size(s).numel()) for s in self.shapes)

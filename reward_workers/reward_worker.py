@@ -1,0 +1,42 @@
+"""The reward worker: scores whole rollout groups with the current reward spec; swaps specs while running."""
+
+from __future__ import annotations
+
+import torch
+
+from flexgrpo.config import RewardSpec
+from flexgrpo.records import MediaGroup, ScoredGroup
+from reward_workers.base import RewardModel
+from reward_workers.registry import build_reward, check_reward_specs
+
+
+class RewardWorker:
+    def __init__(self, specs: list[RewardSpec], version: int = 0) -> None:
+        self.specs: list[RewardSpec] = []
+        self.models: list[RewardModel] = []
+        self.version = -1
+        self.swap(specs, version)
+
+    def swap(self, specs: list[RewardSpec], version: int) -> int:
+        """Load a new reward spec; the old models are released only once the new ones are built."""
+        check_reward_specs(specs)
+        models = [build_reward(spec) for spec in specs]
+        for old in self.models:
+            old.close()
+        self.specs, self.models, self.version = list(specs), models, version
+        return version
+
+    def score(self, group: MediaGroup) -> ScoredGroup:
+        outputs = [model.score(group) for model in self.models]
+        components = {spec.name: out.rewards.float() for spec, out in zip(self.specs, outputs, strict=True)}
+        combined = sum(spec.weight * components[spec.name] for spec in self.specs)
+        return ScoredGroup(
+            group_id=group.group_id,
+            policy_version=group.policy_version,
+            reward_version=self.version,
+            rewards=torch.as_tensor(combined, dtype=torch.float32),
+            components=components,
+            details=[d | {"reward": spec.name} for spec, out in zip(self.specs, outputs, strict=True) for d in out.details],
+            unparsed=sum(out.unparsed for out in outputs),
+            requests=sum(out.requests for out in outputs),
+        )
