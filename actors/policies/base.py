@@ -57,7 +57,7 @@ def load_pipeline(pipeline_cls: type, model: str, dtype: torch.dtype):
         absent = {k: None for k, v in json.loads(index.read_text()).items() if v == [None, None]}
     elif not Path(path).exists() and "/" not in path:
         raise FileNotFoundError(f"policy.model {model!r} is neither a pipeline folder nor a hub id")
-    pipe = pipeline_cls.from_pretrained(path, torch_dtype=dtype, **absent)
+    pipe = pipeline_cls.from_pretrained(path, dtype=dtype, **absent)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 

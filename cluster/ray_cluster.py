@@ -1,0 +1,94 @@
+"""How a run maps onto Ray: joining or starting a cluster, and pools of role actors on placement groups."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import ray
+from ray.util.placement_group import placement_group, remove_placement_group
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+from flexgrpo.config import ClusterConfig, ConfigError, PoolConfig
+
+# Passed to every actor so that caches and logs land where the driver's do.
+FORWARDED_ENV = ("FLEXGRPO_CACHE", "VLLM_CPU_KVCACHE_SPACE", "VLLM_CACHE_ROOT", "TORCH_EXTENSIONS_DIR", "HF_HUB_OFFLINE")
+
+
+@contextmanager
+def ray_session(cfg: ClusterConfig, run_dir: Path) -> Iterator[None]:
+    """Join `cfg.address`, or start a local Ray with cfg.num_cpus / cfg.num_gpus; shut down what we started."""
+    if ray.is_initialized():
+        yield
+        return
+    env = {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
+    runtime_env = {"env_vars": env} if env else None
+    if cfg.address is not None:
+        ray.init(address=cfg.address, runtime_env=runtime_env, log_to_driver=True)
+        _check_pools_fit(cfg)
+    else:
+        ray.init(
+            num_cpus=cfg.num_cpus, num_gpus=cfg.num_gpus, include_dashboard=False, runtime_env=runtime_env,
+            log_to_driver=True,
+        )
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+def _check_pools_fit(cfg: ClusterConfig) -> None:
+    available = ray.cluster_resources().get("GPU", 0)
+    wanted = sum(p.num_workers * p.gpus_per_worker for p in (cfg.rollout, cfg.reward, cfg.learner))
+    if wanted > available:
+        raise ConfigError(f"the pools need {wanted:g} GPUs but the Ray cluster at {cfg.address} has {available:g}")
+
+
+class RoleGroup:
+    """N actors of one role class, one per bundle of a placement group (a pool).
+
+    The class is a plain Python class; it becomes a Ray actor here. Call methods by reference:
+    `[a.sample.remote(g) for a in group.actors]`.
+    """
+
+    def __init__(
+        self,
+        cls: type,
+        pool: PoolConfig,
+        *,
+        name: str,
+        args: tuple = (),
+        kwargs_per_rank: list[dict[str, Any]] | None = None,
+        max_restarts: int = 0,
+    ) -> None:
+        bundle: dict[str, float] = {}
+        if pool.gpus_per_worker > 0:
+            bundle["GPU"] = pool.gpus_per_worker
+        bundle["CPU"] = pool.cpus_per_worker or 0.01  # a bundle may not be empty
+        self.name = name
+        self.placement_group = placement_group([dict(bundle) for _ in range(pool.num_workers)], strategy="PACK",
+                                               name=f"{name}-pool")
+        ray.get(self.placement_group.ready(), timeout=300)
+        remote_cls = ray.remote(cls)
+        self.actors = [
+            remote_cls.options(
+                name=f"{name}-{rank}",
+                num_cpus=bundle["CPU"],
+                num_gpus=bundle.get("GPU", 0),
+                max_restarts=max_restarts,
+                max_task_retries=0,
+                scheduling_strategy=PlacementGroupSchedulingStrategy(self.placement_group, rank),
+            ).remote(*args, **(kwargs_per_rank[rank] if kwargs_per_rank else {}))
+            for rank in range(pool.num_workers)
+        ]
+
+    def __len__(self) -> int:
+        return len(self.actors)
+
+    def shutdown(self) -> None:
+        for actor in self.actors:
+            ray.kill(actor)
+        remove_placement_group(self.placement_group)

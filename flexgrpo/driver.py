@@ -1,0 +1,292 @@
+"""The driver: the composition root that wires pools, roles and the control plane, and the training loop.
+
+`train(cfg)` reads top to bottom: start Redis and Ray, build the three role groups, connect the weight-sync
+group, then run steps. Each step is a few named, timed phases: rollout, reward, train, sync.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections import deque
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import ray
+import torch
+from tqdm import tqdm
+
+from flexgrpo.config import Config, RewardSpec, config_from_dict, to_dict, to_yaml
+from flexgrpo.control_plane import Command, ControlPlane
+from flexgrpo.metrics import MetricsLogger
+from flexgrpo.net import free_port
+from flexgrpo.prompts import groups_for_step, load_prompts
+from flexgrpo.records import ScoredGroup, TrajectoryGroup
+
+log = logging.getLogger("flexgrpo")
+
+
+@dataclass
+class Roles:
+    rollout: object  # cluster.ray_cluster.RoleGroup of actors.rollout_worker.RolloutWorker
+    reward: object  # RoleGroup of reward_workers.reward_worker.RewardWorker
+    learner: object  # RoleGroup of learner.learner.GRPOLearner (DeepSpeed ranks)
+
+
+@dataclass
+class InflightStep:
+    """The groups of one step, submitted to the pools and not yet trained on."""
+
+    step: int
+    trajectories: list  # ObjectRef[TrajectoryGroup] per group
+    media: list  # ObjectRef[MediaGroup] per group
+    scores: list  # ObjectRef[ScoredGroup] per group
+    submitted_at: float = field(default_factory=time.monotonic)
+
+
+@dataclass
+class RunSummary:
+    run_dir: Path
+    steps: int
+    reward_means: list[float]
+    lora_dir: Path | None
+
+
+def check_names(cfg: Config) -> None:
+    """Resolve every swappable name against its table before anything starts."""
+    from actors.policies import check_family
+    from reward_workers.registry import check_reward_specs
+
+    check_family(cfg.policy.family)
+    check_reward_specs(cfg.rewards)
+
+
+def build_roles(cfg: Config) -> Roles:
+    """The composition root: one pool (placement group) per role, actors on it, the weight-sync group."""
+    from actors.rollout_worker import RolloutWorker
+    from cluster.ray_cluster import RoleGroup
+    from learner.learner import GRPOLearner
+    from reward_workers.reward_worker import RewardWorker
+
+    c = cfg.cluster
+    rollout = RoleGroup(RolloutWorker, c.rollout, name="rollout", args=(cfg.policy, cfg.sampler),
+                        kwargs_per_rank=[{"run_seed": cfg.run.seed}] * c.rollout.num_workers, max_restarts=3)
+    reward = RoleGroup(RewardWorker, c.reward, name="reward", args=(cfg.rewards,), max_restarts=3)
+    master = {"master_addr": "127.0.0.1", "master_port": free_port()}
+    learner = RoleGroup(
+        GRPOLearner, c.learner, name="learner", args=(cfg.policy, cfg.sampler, cfg.grpo, cfg.learner),
+        kwargs_per_rank=[{"rank": r, "world_size": c.learner.num_workers} | master for r in range(c.learner.num_workers)],
+    )
+    # Weight sync: learner rank 0 is rank 0, rollout workers are 1..N, on a group of their own.
+    host, port, world = "127.0.0.1", free_port(), 1 + len(rollout)
+    ray.get([learner.actors[0].join_weight_sync.remote(host, port, world)]
+            + [w.join_weight_sync.remote(host, port, 1 + i, world) for i, w in enumerate(rollout.actors)])
+    return Roles(rollout, reward, learner)
+
+
+class TrainingLoop:
+    def __init__(self, cfg: Config, roles: Roles, control: ControlPlane, logger: MetricsLogger, run_dir: Path):
+        self.cfg, self.roles, self.control, self.logger, self.run_dir = cfg, roles, control, logger, run_dir
+        self.prompts = load_prompts(cfg.prompts)
+        self.policy_version = 0
+        self.reward_version = 0
+        self.reward_specs = list(cfg.rewards)
+        self.weight_header = ray.get(roles.learner.actors[0].weight_header.remote())
+        self.timings: dict[str, float] = {}
+        self.stop_requested = False
+
+    @contextmanager
+    def timed(self, phase: str):
+        start = time.perf_counter()
+        yield
+        self.timings[f"timing/{phase}"] = time.perf_counter() - start
+
+    def run(self) -> list[float]:
+        cfg = self.cfg
+        inflight: deque[InflightStep] = deque()
+        reward_means = []
+        self.control.update_run(status="running")
+        bar = tqdm(range(cfg.run.num_steps), desc="grpo", unit="step", dynamic_ncols=True)
+        for step in bar:
+            self.handle_commands()
+            if self.stop_requested:
+                log.info("stop requested: ending after %d steps", step)
+                break
+            step_start = time.perf_counter()
+            # Sampling may run ahead of training by max_staleness steps (0: synchronous Flow-GRPO).
+            while len(inflight) <= cfg.grpo.max_staleness and (not inflight or inflight[-1].step + 1 < cfg.run.num_steps):
+                inflight.append(self.submit(inflight[-1].step + 1 if inflight else step))
+            current = inflight.popleft()
+            with self.timed("rollout"):
+                trajectories: list[TrajectoryGroup] = ray.get(current.trajectories)
+            with self.timed("reward"):
+                scored: list[ScoredGroup] = ray.get(current.scores)
+            self.control.mark_groups([s.group_id for s in scored], "scored")
+            with self.timed("train"):
+                train_metrics = self.train(trajectories, scored)
+            self.control.mark_groups([s.group_id for s in scored], "trained")
+            with self.timed("sync"):
+                self.sync_weights(wait=cfg.grpo.max_staleness == 0)
+            metrics = self.step_metrics(trajectories, scored) | train_metrics | self.timings
+            metrics["timing/step"] = time.perf_counter() - step_start
+            reward_means.append(metrics["reward_mean"])
+            self.logger.log(step, metrics)
+            self.control.publish_metrics(step, metrics)
+            self.control.update_run(step=step + 1, policy_version=self.policy_version, reward_version=self.reward_version)
+            if self.wants_samples(step):
+                self.logger.log_samples(step, [m.media for m in ray.get(current.media)], [t.prompt for t in trajectories])
+            bar.set_postfix(reward=f"{metrics['reward_mean']:.4f}", loss=f"{metrics['loss/loss']:.2e}")
+            log.info(
+                "step %d/%d  reward %.4f  ratio %.6f  clip %.3f  grad %.3g  rollout %.1fs reward %.1fs train %.1fs sync %.2fs",
+                step + 1, cfg.run.num_steps, metrics["reward_mean"], metrics["loss/ratio_mean"],
+                metrics["loss/clip_frac"], metrics["loss/grad_norm"], metrics["timing/rollout"],
+                metrics["timing/reward"], metrics["timing/train"], metrics["timing/sync"],
+            )
+        return reward_means
+
+    def submit(self, step: int) -> InflightStep:
+        """Hand a step's prompt groups to the rollout pool; each group goes to the reward pool as soon as sampled."""
+        groups = groups_for_step(self.prompts, step, groups_per_step=self.cfg.grpo.groups_per_step,
+                                 group_size=self.cfg.grpo.group_size, seed=self.cfg.run.seed)
+        rollout, reward = self.roles.rollout.actors, self.roles.reward.actors
+        trajectories, media = [], []
+        for i, group in enumerate(groups):
+            t, m = rollout[i % len(rollout)].sample.options(num_returns=2).remote(group)
+            trajectories.append(t)
+            media.append(m)
+        scores = [reward[i % len(reward)].score.remote(m) for i, m in enumerate(media)]
+        self.control.mark_groups([g.group_id for g in groups], "sampled")
+        return InflightStep(step, trajectories, media, scores)
+
+    def train(self, trajectories: list[TrajectoryGroup], scored: list[ScoredGroup]) -> dict[str, float]:
+        from learner.grpo import group_advantages, weighted_advantages
+
+        g = self.cfg.grpo
+        versions = [s.reward_version for s in scored]
+        if g.reward_combine == "advantage":
+            weights = {spec.name: spec.weight for spec in self.reward_specs}
+            advantages = weighted_advantages([s.components for s in scored], weights, versions,
+                                             global_std=g.global_std, clip=g.adv_clip)
+        else:
+            advantages = group_advantages([s.rewards for s in scored], versions, global_std=g.global_std, clip=g.adv_clip)
+        learners = self.roles.learner.actors
+        shards = split_evenly(list(zip(trajectories, advantages, strict=True)), len(learners))
+        results = ray.get([
+            actor.train_step.remote([t for t, _ in shard], [a for _, a in shard])
+            for actor, shard in zip(learners, shards, strict=True)
+        ])
+        self.policy_version += 1
+        return {k: sum(r[k] for r in results) / len(results) for k in results[0]}
+
+    def sync_weights(self, *, wait: bool) -> None:
+        """Learner rank 0 broadcasts version v+1; each rollout worker loads it between two groups."""
+        header = type(self.weight_header)(self.policy_version, self.weight_header.names, self.weight_header.shapes,
+                                          self.weight_header.dtype)
+        refs = [self.roles.learner.actors[0].publish_weights.remote()]
+        refs += [w.receive_weights.remote(header) for w in self.roles.rollout.actors]
+        if wait:
+            ray.get(refs)
+
+    def step_metrics(self, trajectories: list[TrajectoryGroup], scored: list[ScoredGroup]) -> dict[str, float]:
+        rewards = torch.cat([s.rewards for s in scored])
+        metrics = {
+            "reward_mean": rewards.mean().item(),
+            "reward/std": rewards.std().item(),
+            "reward/version": float(max(s.reward_version for s in scored)),
+            "reward/unparsed": float(sum(s.unparsed for s in scored)),
+            "reward/requests": float(sum(s.requests for s in scored)),
+            "rollout/staleness": float(self.policy_version - min(t.policy_version for t in trajectories)),
+            "rollout/samples": float(rewards.numel()),
+        }
+        for name in scored[0].components:
+            metrics[f"reward/{name}"] = torch.cat([s.components[name] for s in scored if name in s.components]).mean().item()
+        return metrics
+
+    def wants_samples(self, step: int) -> bool:
+        every = self.cfg.logging.sample_grid_every
+        return step == 0 or step == self.cfg.run.num_steps - 1 or self.stop_requested or (every > 0 and step % every == 0)
+
+    def handle_commands(self) -> None:
+        for command in self.control.take_commands():
+            log.info("operator command: %s %s", command.op, command.args)
+            if command.op == "swap_reward":
+                self.swap_reward(command)
+            elif command.op == "stop":
+                self.stop_requested = True
+            elif command.op == "checkpoint":
+                path = self.save_lora(self.run_dir / "checkpoints" / f"version_{self.policy_version:05d}")
+                log.info("saved %s", path)
+            elif command.op == "pause":
+                self.wait_for_resume()
+
+    def swap_reward(self, command: Command) -> None:
+        """Load a new reward spec into every reward worker; groups scored from now on carry the new version."""
+        from reward_workers.registry import check_reward_specs
+
+        try:
+            merged = config_from_dict(to_dict(self.cfg) | {"rewards": command.args.get("rewards", [])})
+            check_reward_specs(merged.rewards)
+        except ValueError as err:
+            log.error("swap_reward rejected: %s", err)
+            self.control.update_run(last_command_error=str(err))
+            return
+        self.reward_version += 1
+        self.reward_specs = list(merged.rewards)
+        ray.get([a.swap.remote(self.reward_specs, self.reward_version) for a in self.roles.reward.actors])
+        self.control.update_run(reward_version=self.reward_version, rewards=[to_dict_spec(s) for s in self.reward_specs])
+
+    def wait_for_resume(self) -> None:
+        self.control.update_run(status="paused")
+        while True:
+            ops = [c.op for c in self.control.take_commands()]
+            if "stop" in ops:
+                self.stop_requested = True
+            if "resume" in ops or "stop" in ops:
+                break
+            time.sleep(0.5)
+        self.control.update_run(status="running")
+
+    def save_lora(self, folder: Path) -> Path:
+        return ray.get(self.roles.learner.actors[0].save_lora.remote(str(folder)))
+
+
+def to_dict_spec(spec: RewardSpec) -> dict:
+    return {k: getattr(spec, k) for k in spec.__dataclass_fields__}
+
+
+def split_evenly(items: list, n: int) -> list[list]:
+    """Contiguous shards of equal size (the learner checks the sizes divide evenly)."""
+    size = math.ceil(len(items) / n)
+    return [items[i * size : (i + 1) * size] for i in range(n)]
+
+
+def train(cfg: Config) -> RunSummary:
+    """Run a whole training job: Redis, Ray, pools and roles, the loop, final outputs."""
+    from cluster.embedded_redis import EmbeddedRedis
+    from cluster.ray_cluster import ray_session
+
+    check_names(cfg)
+    run_dir = Path(cfg.run.output_dir) / cfg.run.name
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(to_yaml(cfg), encoding="utf-8")
+    with ExitStack() as stack:
+        redis_url = cfg.cluster.redis_url or stack.enter_context(EmbeddedRedis(run_dir / "redis"))
+        url_file = run_dir / "redis_url"  # how an operator reaches this run (flexgrpo command ...)
+        url_file.write_text(redis_url + "\n", encoding="utf-8")
+        url_file.chmod(0o600)
+        control = ControlPlane(redis_url, cfg.run.name)
+        control.register_run(to_dict(cfg))
+        stack.enter_context(ray_session(cfg.cluster, run_dir))
+        logger = stack.enter_context(MetricsLogger(run_dir, cfg.logging))
+        try:
+            roles = build_roles(cfg)
+            loop = TrainingLoop(cfg, roles, control, logger, run_dir)
+            reward_means = loop.run()
+            lora_dir = loop.save_lora(run_dir / "lora") if cfg.policy.lora.enabled else None
+        except BaseException:
+            control.update_run(status="failed")
+            raise
+        control.update_run(status="finished")
+    return RunSummary(run_dir, len(reward_means), reward_means, lora_dir)

@@ -1,0 +1,62 @@
+"""Run outputs a person reads: metrics.jsonl, TensorBoard events, and sample grids."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from flexgrpo.config import LoggingConfig
+
+
+def media_grid(rows: list[torch.Tensor]) -> np.ndarray:
+    """One row per group: [G, H, W, 3] images, or [G, F, H, W, 3] videos (their first frames). -> [R*H, G*W, 3]"""
+    images = [r[:, 0] if r.dim() == 5 else r for r in rows]
+    width = max(r.shape[0] for r in images)
+    padded = [torch.cat([r, r.new_zeros((width - r.shape[0], *r.shape[1:]))]) for r in images]
+    return torch.cat([torch.cat(list(r), dim=1) for r in padded], dim=0).numpy()
+
+
+class MetricsLogger:
+    def __init__(self, run_dir: Path, cfg: LoggingConfig) -> None:
+        self.run_dir = run_dir
+        run_dir.mkdir(parents=True, exist_ok=True)
+        self._jsonl = open(run_dir / "metrics.jsonl", "a", encoding="utf-8")
+        self._tb = None
+        if cfg.tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._tb = SummaryWriter(str(run_dir / "tensorboard"))
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        self._jsonl.write(json.dumps({"step": step} | metrics) + "\n")
+        self._jsonl.flush()
+        if self._tb is not None:
+            for key, value in metrics.items():
+                self._tb.add_scalar(key, value, step)
+
+    def log_samples(self, step: int, rows: list[torch.Tensor], captions: list[str]) -> Path:
+        """Save a grid of this step's samples (one row per group) as PNG, with its captions beside it."""
+        grid = media_grid(rows)
+        folder = self.run_dir / "samples"
+        folder.mkdir(exist_ok=True)
+        path = folder / f"step_{step:05d}.png"
+        Image.fromarray(grid).save(path)
+        path.with_suffix(".txt").write_text("\n".join(captions) + "\n", encoding="utf-8")
+        if self._tb is not None:
+            self._tb.add_image("samples", grid, step, dataformats="HWC")
+        return path
+
+    def close(self) -> None:
+        self._jsonl.close()
+        if self._tb is not None:
+            self._tb.close()
+
+    def __enter__(self) -> MetricsLogger:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -1,0 +1,76 @@
+"""The GRPO math: group-relative advantages and the clipped policy loss with a KL to the reference.
+
+Pure functions over tensors; shapes in the comments (B = samples in a micro-batch, G = samples of a group).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+STD_EPS = 1e-4  # added to the reward std before dividing
+
+
+def group_advantages(
+    rewards: list[Tensor], reward_versions: list[int], *, global_std: bool, clip: float
+) -> list[Tensor]:
+    """Per-prompt advantages (r - mean_group) / (std + 1e-4), clamped to +-clip.
+
+    rewards: one [G] tensor per group. With `global_std` the std is taken over all groups of the same reward
+    version instead of per group (groups scored by different reward specs are never normalised together).
+    A group whose rewards are all equal carries no signal and gets zero advantages.
+    """
+    stds: list[Tensor] = []
+    for r, version in zip(rewards, reward_versions, strict=True):
+        if global_std:
+            pooled = torch.cat([x for x, v in zip(rewards, reward_versions, strict=True) if v == version])
+            stds.append(pooled.std(unbiased=False))
+        else:
+            stds.append(r.std(unbiased=False))
+    out = []
+    for r, std in zip(rewards, stds, strict=True):
+        centred = r - r.mean()  # [G]
+        if torch.all(centred == 0):
+            out.append(torch.zeros_like(r))
+            continue
+        out.append(torch.clamp(centred / (std + STD_EPS), -clip, clip))  # [G]
+    return out
+
+
+def weighted_advantages(
+    components: list[dict[str, Tensor]], weights: dict[str, float], reward_versions: list[int], *, global_std: bool,
+    clip: float,
+) -> list[Tensor]:
+    """Pref-GRPO style multi-reward: normalise each reward into advantages on its own, then weight and sum."""
+    total = [torch.zeros_like(next(iter(c.values()))) for c in components]
+    for name, weight in weights.items():
+        per_reward = group_advantages([c[name] for c in components], reward_versions, global_std=global_std, clip=clip)
+        total = [t + weight * a for t, a in zip(total, per_reward, strict=True)]
+    return total
+
+
+def clipped_policy_loss(
+    *, log_prob: Tensor, old_log_prob: Tensor, advantages: Tensor, clip_range: float
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """PPO clipped surrogate on the per-step log-probs. All inputs [B]. -> (scalar loss, stats)"""
+    log_ratio = log_prob - old_log_prob  # [B]
+    ratio = torch.exp(log_ratio)  # [B]
+    pg_loss1 = -advantages * ratio  # [B]
+    pg_loss2 = -advantages * torch.clamp(ratio, 1 - clip_range, 1 + clip_range)  # [B]
+    policy_loss = torch.max(pg_loss1, pg_loss2).mean()  # []
+    stats = {
+        "ratio_mean": ratio.detach().mean(),
+        "ratio_max_dev": (ratio.detach() - 1).abs().max(),
+        "clip_frac": ((ratio.detach() - 1).abs() > clip_range).float().mean(),
+        "approx_kl": 0.5 * (log_ratio.detach() ** 2).mean(),
+    }
+    return policy_loss, stats
+
+
+def kl_to_reference(*, mean: Tensor, ref_mean: Tensor, std: Tensor) -> Tensor:
+    """KL between the step Gaussians of the policy and the reference (same std), averaged over dims.
+
+    mean, ref_mean [B, *latent]; std [B, 1, ...] -> [B]
+    """
+    sq = (mean - ref_mean) ** 2  # [B, *latent]
+    return sq.mean(dim=tuple(range(1, sq.dim()))) / (2 * std.flatten() ** 2)  # [B]
