@@ -113,6 +113,8 @@ class RewardSpec:
     structured_output: bool = False  # constrain judge replies to the reply JSON schema
     both_orders: bool = False  # pairwise judges: judge (i, j) and (j, i) to cancel position bias
     pairs_per_sample: int | None = None  # pairwise judges: compare each sample with k others (null: all pairs)
+    structured_text_chars: int = 512  # structured outputs: most characters in each free-text field of a reply
+    video_frames: int = 8  # judges: frames taken evenly from each video (a pairwise request holds twice this)
 
 
 @dataclass
@@ -254,6 +256,8 @@ def validate(cfg: Config) -> None:
         _positive(f"rewards[{i}].max_concurrency", spec.max_concurrency)
         _positive(f"rewards[{i}].timeout_s", spec.timeout_s)
         _positive(f"rewards[{i}].max_retries", spec.max_retries, allow_zero=True)
+        _positive(f"rewards[{i}].structured_text_chars", spec.structured_text_chars)
+        _positive(f"rewards[{i}].video_frames", spec.video_frames)
         if spec.pairs_per_sample is not None and not 1 <= spec.pairs_per_sample < g.group_size:
             raise ConfigError(
                 f"rewards[{i}].pairs_per_sample must be in [1, group_size - 1 = {g.group_size - 1}], "

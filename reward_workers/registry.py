@@ -20,20 +20,86 @@ def _jpeg_incompressibility(spec: RewardSpec) -> RewardModel:
     return JpegSize(sign=1.0)
 
 
+def _judge_backend(spec: RewardSpec):
+    """The backend a judge spec names (vllm, http, transformers); the tiny judge's name maps to its folder."""
+    import os
+
+    from reward_workers.backends import HttpBackend, TransformersBackend, VllmBackend
+    from reward_workers.tiny_judge import resolve_judge_model
+
+    assert spec.model is not None  # checked by check_reward_specs
+    if spec.backend == "http":
+        return HttpBackend(
+            url=spec.url,  # type: ignore[arg-type]
+            model=spec.model,
+            api_key=os.environ.get(spec.api_key_env),
+            max_concurrency=spec.max_concurrency,
+            timeout_s=spec.timeout_s,
+        )
+    if spec.backend == "transformers":
+        return TransformersBackend(resolve_judge_model(spec.model))
+    return VllmBackend(resolve_judge_model(spec.model), max_images=2 * spec.video_frames)
+
+
+def _unifiedreward_flex(spec: RewardSpec) -> RewardModel:
+    from reward_workers.judges import FLEX, PairwiseJudge
+
+    return PairwiseJudge(_judge_backend(spec), spec, FLEX)
+
+
+def _unifiedreward_think(spec: RewardSpec) -> RewardModel:
+    from reward_workers.judges import THINK, PairwiseJudge
+
+    return PairwiseJudge(_judge_backend(spec), spec, THINK)
+
+
+def _unifiedreward_2(spec: RewardSpec) -> RewardModel:
+    from reward_workers.judges import PointwiseJudge
+
+    return PointwiseJudge(_judge_backend(spec), spec)
+
+
+def _clip_score(spec: RewardSpec) -> RewardModel:
+    from reward_workers.clip_score import ClipScore
+
+    return ClipScore(spec.model, video_frames=spec.video_frames)  # type: ignore[arg-type]
+
+
 REWARD_MODELS: dict[str, Callable[[RewardSpec], RewardModel]] = {
     "jpeg_compressibility": _jpeg_compressibility,
     "jpeg_incompressibility": _jpeg_incompressibility,
+    "unifiedreward_flex": _unifiedreward_flex,
+    "unifiedreward_think": _unifiedreward_think,
+    "unifiedreward_2": _unifiedreward_2,
+    "clip_score": _clip_score,
 }
+MODEL_REWARDS = ("clip_score", "unifiedreward_2", "unifiedreward_flex", "unifiedreward_think")  # need a model
+JUDGES = ("unifiedreward_2", "unifiedreward_flex", "unifiedreward_think")  # served by a judge backend
+JUDGE_BACKENDS = ("http", "transformers", "vllm")
 
 
 def check_reward_specs(specs: list[RewardSpec]) -> None:
-    """Fail at start-up on an unknown or repeated reward name, listing the known ones."""
+    """Fail at start-up on an unknown or repeated reward name (listing the known ones), or a judge that lacks
+    its model, a known backend, or (http) a URL."""
     seen = set()
     for i, spec in enumerate(specs):
         if spec.name not in REWARD_MODELS:
             raise ConfigError(f"rewards[{i}].name must be one of {sorted(REWARD_MODELS)}, got {spec.name!r}")
         if spec.name in seen:
             raise ConfigError(f"rewards[{i}].name {spec.name!r} appears twice: give each reward once")
+        if spec.name in MODEL_REWARDS and not spec.model:
+            raise ConfigError(
+                f"rewards[{i}].model is required for {spec.name}: a model folder or hub id "
+                "(judges: or tiny-qwen2.5-vl-judge; http backend: the served model name)"
+            )
+        if spec.name in JUDGES and spec.backend not in JUDGE_BACKENDS:
+            raise ConfigError(
+                f"rewards[{i}].backend must be one of {list(JUDGE_BACKENDS)}, got {spec.backend!r}"
+            )
+        if spec.name in JUDGES and spec.backend == "http" and not spec.url:
+            raise ConfigError(
+                f"rewards[{i}].url is required with backend http: the server's base URL, e.g. http://host:8000/v1"
+            )
         seen.add(spec.name)
 
 

@@ -1,7 +1,7 @@
 """A tiny random Qwen2.5-VL judge, built offline, cached and deterministic.
 
 It is a real Qwen2.5-VL checkpoint folder (config, safetensors weights, byte-level BPE tokenizer with the Qwen
-special tokens and a chat template, image/video processor configs) that both vLLM and transformers load, so the
+special tokens and a chat template, image/video processor configs) that vLLM and transformers load, so the
 judges and their backends are tested end to end without a hub. Its replies are random text: tests that need
 parseable replies constrain them with structured outputs.
 """
@@ -34,7 +34,8 @@ CHAT_TEMPLATE = (
     "<|im_start|>{{ message['role'] + '\\n' }}"
     "{%- if message['content'] is string -%}{{ message['content'] }}"
     "{%- else -%}{%- for part in message['content'] -%}"
-    "{%- if part['type'] in ('image', 'image_url', 'image_pil') -%}<|vision_start|><|image_pad|><|vision_end|>"
+    "{%- if part['type'] in ('image', 'image_url', 'image_pil') -%}"
+    "<|vision_start|><|image_pad|><|vision_end|>"
     "{%- elif part['type'] in ('video', 'video_url') -%}<|vision_start|><|video_pad|><|vision_end|>"
     "{%- elif part['type'] == 'text' -%}{{ part['text'] }}"
     "{%- endif -%}{%- endfor -%}{%- endif -%}"

@@ -1,7 +1,7 @@
 """Imported at start-up by Python children of a process that runs vLLM (this folder is put on PYTHONPATH).
 
-vLLM inspects model classes in a fresh `python -m ...` process, and the OpenAI server runs its engine in another:
-those import torchvision before any flexgrpo code could prepare it. This hook prepares it on first import.
+vLLM inspects model classes in a fresh `python -m ...` process, and the OpenAI server runs its engine in
+another: those import torchvision before any flexgrpo code could prepare it. This hook prepares it first.
 """
 
 import importlib.abc
@@ -12,7 +12,7 @@ class _PrepareTorchvision(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path, target=None):  # noqa: ANN001, ANN201 (importlib protocol)
         if name == "torchvision" and self in sys.meta_path:
             sys.meta_path.remove(self)
-            if "flexgrpo.compat" not in sys.modules:  # else flexgrpo's own import does it (or is doing it now)
+            if "flexgrpo.compat" not in sys.modules:  # else flexgrpo's import does it (or is doing it now)
                 import flexgrpo  # noqa: F401  (its import prepares torchvision)
         return None
 
