@@ -69,10 +69,39 @@ def _tiny_clip(tokenizer, seed: int):
     return CLIPTextModelWithProjection(config).eval()
 
 
+def build_tiny_vae(latent_channels: int):
+    """An 8x-upsampling AutoencoderTiny whose random decoder shows its latent: the zero latent decodes to flat
+    grey, and contrast grows with the latent, as with a trained VAE.
+
+    A default random decoder draws the same texture whatever the latent, so a pixel reward (JPEG size) could
+    not be learned through it. Here the decoder's biases are zero (it is then homogeneous in its input) and
+    the output layer is calibrated to a std of 0.25 around mid-grey for unit latents. The encoder stays random.
+    """
+    from diffusers import AutoencoderTiny
+
+    torch.manual_seed(1)
+    vae = AutoencoderTiny(
+        encoder_block_out_channels=(8, 8, 8, 8),
+        decoder_block_out_channels=(16, 16, 16, 16),
+        num_encoder_blocks=(1, 1, 1, 1),
+        num_decoder_blocks=(1, 1, 1, 1),
+        latent_channels=latent_channels,
+    )
+    vae.register_to_config(block_out_channels=(16, 16, 16, 16))  # pipelines derive the 8x scale from this
+    convs = [m for m in vae.decoder.modules() if isinstance(m, torch.nn.Conv2d)]
+    with torch.no_grad():
+        for conv in convs:
+            if conv.bias is not None:
+                conv.bias.zero_()
+        probe = torch.randn(64, latent_channels, 8, 8, generator=torch.Generator().manual_seed(2))
+        convs[-1].weight *= 0.25 / vae.decoder(probe).std()
+        convs[-1].bias.fill_(0.5)  # the decoder's [0, 1] output: zero latent -> mid-grey
+    return vae.eval()
+
+
 def build_tiny_sd3(path: Path) -> None:
-    """SD3-style: SD3Transformer2DModel (2 layers), two tiny CLIP encoders (no T5), an 8x AutoencoderKL."""
+    """SD3-style: SD3Transformer2DModel (2 layers), two tiny CLIP encoders (no T5), a fitted tiny 8x VAE."""
     from diffusers import (
-        AutoencoderKL,
         FlowMatchEulerDiscreteScheduler,
         SD3Transformer2DModel,
         StableDiffusion3Pipeline,
@@ -93,22 +122,7 @@ def build_tiny_sd3(path: Path) -> None:
         pooled_projection_dim=64,  # the two CLIP projections side by side
         pos_embed_max_size=32,
     )
-    torch.manual_seed(1)
-    vae = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        block_out_channels=(8, 8, 8, 8),
-        layers_per_block=1,
-        latent_channels=4,
-        norm_num_groups=4,
-        sample_size=64,
-        shift_factor=0.0,
-        scaling_factor=1.0,
-        use_quant_conv=False,
-        use_post_quant_conv=False,
-    )
+    vae = build_tiny_vae(latent_channels=4)
     pipe = StableDiffusion3Pipeline(
         transformer=transformer,
         scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),

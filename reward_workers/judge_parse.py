@@ -13,6 +13,7 @@ import re
 from dataclasses import dataclass, field
 
 MAX_REPLY_CHARS = 200_000  # longer replies are cut before parsing (bounds parse time)
+MAX_TRIES = 4  # code fences, and opening braces per candidate text, tried as the start of the JSON object
 CATEGORY_LETTERS = ("A", "B", "C", "D")
 _CATEGORY_KEYWORDS = {  # a category named without its letter is recognised by these words
     "A": ("semantic", "alignment", "accuracy", "faithful"),
@@ -80,11 +81,13 @@ def winner_index(value: object) -> int | None:
 def extract_json_object(text: str) -> dict | None:
     """The first JSON object in `text` (inside prose or a code fence; a truncated one is closed)."""
     text = text[:MAX_REPLY_CHARS]
-    candidates = [m.group(1) for m in _FENCE.finditer(text)] + [text]
+    fenced = [m.group(1) for _, m in zip(range(MAX_TRIES), _FENCE.finditer(text), strict=False)]
     decoder = json.JSONDecoder(strict=False)
-    for candidate in candidates:
+    for candidate in [*fenced, text]:
         start = candidate.find("{")
-        while start != -1:
+        for _ in range(MAX_TRIES):  # a few opening braces at most: hostile text may hold thousands
+            if start == -1:
+                break
             try:
                 obj, _ = decoder.raw_decode(candidate, start)
                 if isinstance(obj, dict):
@@ -99,8 +102,8 @@ def extract_json_object(text: str) -> dict | None:
 
 def _close_truncated(text: str) -> dict | None:
     """Cut a JSON text that ends early back to its last complete value and close the open containers."""
-    stack: list[str] = []
-    safe_end, safe_stack = 0, ""
+    stack: list[str] = []  # closers of the open containers
+    safe_end = safe_depth = 0  # the last cut point, and how many containers are open there
     in_string = escaped = False
     for i, ch in enumerate(text):
         if in_string:
@@ -115,19 +118,21 @@ def _close_truncated(text: str) -> dict | None:
             in_string = True
         elif ch in "{[":
             stack.append("}" if ch == "{" else "]")
-            safe_end, safe_stack = i + 1, "".join(reversed(stack))
+            safe_end, safe_depth = i + 1, len(stack)
         elif ch in "}]":
             if not stack or stack.pop() != ch:
                 return None
             if not stack:
-                break  # a complete object that failed to decode is not truncation
-            safe_end, safe_stack = i + 1, "".join(reversed(stack))
+                return None  # a complete object that failed to decode: broken, not truncated
+            safe_end, safe_depth = i + 1, len(stack)
         elif ch == ",":
-            safe_end, safe_stack = i, "".join(reversed(stack))
+            safe_end, safe_depth = i, len(stack)
     if not stack or safe_end == 0:
         return None
+    # the containers open at the cut are still the bottom of the stack: any pop below it made a later cut
+    closers = "".join(reversed(stack[:safe_depth]))
     try:
-        obj = json.loads(text[:safe_end] + safe_stack, strict=False)
+        obj = json.loads(text[:safe_end] + closers, strict=False)
     except (ValueError, RecursionError):
         return None
     return obj if isinstance(obj, dict) else None
