@@ -191,7 +191,7 @@ def _categories(raw: object) -> dict[str, int | None]:
             continue
         if "cat_winner" in c or "winner" in c:
             result[letter] = winner_index(c.get("cat_winner", c.get("winner")))
-        else:
+        elif "dims" in c or "dimensions" in c:
             result[letter] = _dims_winner(c.get("dims", c.get("dimensions")))
     return result
 
