@@ -34,6 +34,10 @@ class Roles:
     reward: object  # RoleGroup of reward_workers.reward_worker.RewardWorker
     learner: object  # RoleGroup of learner.learner.GRPOLearner (DeepSpeed ranks)
 
+    def shutdown(self) -> None:
+        for group in (self.rollout, self.reward, self.learner):
+            group.shutdown()
+
 
 @dataclass
 class InflightStep:
@@ -282,6 +286,7 @@ def train(cfg: Config) -> RunSummary:
         logger = stack.enter_context(MetricsLogger(run_dir, cfg.logging))
         try:
             roles = build_roles(cfg)
+            stack.callback(roles.shutdown)
             loop = TrainingLoop(cfg, roles, control, logger, run_dir)
             reward_means = loop.run()
             lora_dir = loop.save_lora(run_dir / "lora") if cfg.policy.lora.enabled else None

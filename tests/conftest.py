@@ -1,0 +1,34 @@
+"""Shared fixtures: the tiny recipe, caches inside the repo, one local Ray for the tests that need it."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+os.environ.setdefault("FLEXGRPO_CACHE", str(REPO / ".cache" / "flexgrpo"))
+os.environ.setdefault("RAY_TMPDIR", "/tmp/flexgrpo-ray")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+
+import flexgrpo  # noqa: E402,F401  (torchvision shim before any model code)
+from flexgrpo.config import Config, load_config  # noqa: E402
+
+
+def tiny_config(*overrides: str) -> Config:
+    """The default tiny recipe with `key=value` overrides."""
+    return load_config(None, list(overrides))
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One local Ray for the session: 2 CPUs, 3 logical GPUs (one per pool of the tiny recipe)."""
+    import ray
+
+    ray.init(num_cpus=2, num_gpus=3, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()

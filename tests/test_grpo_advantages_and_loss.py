@@ -1,0 +1,59 @@
+"""The GRPO math on hand-made tensors: advantages, the clipped loss and the KL, line by line."""
+
+import torch
+
+from learner.grpo import STD_EPS, clipped_policy_loss, group_advantages, kl_to_reference, weighted_advantages
+
+
+def test_advantages_are_per_group_zscores():
+    r1, r2 = torch.tensor([1.0, 2.0, 3.0, 4.0]), torch.tensor([10.0, 10.0, 30.0, 30.0])
+    a1, a2 = group_advantages([r1, r2], [0, 0], global_std=False, clip=5.0)
+    torch.testing.assert_close(a1, (r1 - 2.5) / (r1.std(unbiased=False) + STD_EPS))
+    torch.testing.assert_close(a2, torch.tensor([-1.0, -1.0, 1.0, 1.0]) * 10 / (10 + STD_EPS))
+
+
+def test_equal_rewards_carry_no_signal_and_clamp_applies():
+    flat, spike = torch.full((4,), 0.5), torch.tensor([0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 100.0])
+    a_flat, a_spike = group_advantages([flat, spike], [0, 0], global_std=False, clip=2.0)
+    assert torch.equal(a_flat, torch.zeros(4))
+    assert a_spike.max().item() == 2.0
+
+
+def test_global_std_never_mixes_reward_versions():
+    r_old, r_new1, r_new2 = torch.tensor([0.0, 1.0]), torch.tensor([0.0, 100.0]), torch.tensor([0.0, 300.0])
+    a_old, a_new1, _ = group_advantages([r_old, r_new1, r_new2], [0, 1, 1], global_std=True, clip=1e9)
+    # the old group is normalised by its own std (0.5), not by the new version's large one
+    torch.testing.assert_close(a_old, torch.tensor([-0.5, 0.5]) / (0.5 + STD_EPS))
+    pooled_std = torch.tensor([0.0, 100.0, 0.0, 300.0]).std(unbiased=False)
+    torch.testing.assert_close(a_new1, torch.tensor([-50.0, 50.0]) / (pooled_std + STD_EPS))
+
+
+def test_weighted_advantages_normalise_each_reward_first():
+    comps = [{"a": torch.tensor([0.0, 1.0]), "b": torch.tensor([0.0, 1000.0])}]
+    (adv,) = weighted_advantages(comps, {"a": 1.0, "b": 0.5}, [0], global_std=False, clip=5.0)
+    unit = 0.5 / (0.5 + STD_EPS)
+    torch.testing.assert_close(adv, torch.tensor([-1.5 * unit, 1.5 * unit]), rtol=1e-4, atol=1e-4)
+
+
+def test_clipped_loss_is_the_ppo_surrogate():
+    logp, old = torch.tensor([0.0, 0.5, -0.5]), torch.zeros(3)
+    adv = torch.tensor([1.0, 1.0, -1.0])
+    loss, stats = clipped_policy_loss(log_prob=logp, old_log_prob=old, advantages=adv, clip_range=0.2)
+    ratio = torch.exp(logp)
+    expected = torch.max(-adv * ratio, -adv * torch.clamp(ratio, 0.8, 1.2)).mean()
+    torch.testing.assert_close(loss, expected)
+    assert abs(stats["clip_frac"].item() - 2 / 3) < 1e-6
+
+
+def test_on_policy_gradient_pushes_up_the_better_sample():
+    logp = torch.zeros(2, requires_grad=True)
+    loss, _ = clipped_policy_loss(log_prob=logp, old_log_prob=torch.zeros(2), advantages=torch.tensor([1.0, -1.0]),
+                                  clip_range=1e-4)
+    loss.backward()
+    assert logp.grad[0] < 0 < logp.grad[1]  # descent raises the log-prob of the advantaged sample
+
+
+def test_kl_to_reference_formula():
+    mean, ref = torch.ones(2, 3, 4), torch.zeros(2, 3, 4)
+    std = torch.tensor([0.5, 1.0]).view(2, 1, 1)
+    torch.testing.assert_close(kl_to_reference(mean=mean, ref_mean=ref, std=std), torch.tensor([2.0, 0.5]))
