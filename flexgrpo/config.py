@@ -133,6 +133,14 @@ class PromptsConfig:
 
 
 @dataclass
+class EvalConfig:
+    every: int = 0  # evaluate every N learner steps (0: never); also after the last step when > 0
+    prompts_file: str | None = None  # held-out prompts, one per line; null uses the built-in tiny list
+    num_prompts: int = 4  # held-out prompts per evaluation (the first N of the file)
+    samples_per_prompt: int = 2  # ODE samples per prompt, fixed seeds, eval_num_steps steps
+
+
+@dataclass
 class LoggingConfig:
     tensorboard: bool = True  # write TensorBoard events next to metrics.jsonl
     sample_grid_every: int = 0  # save a sample grid every N steps (0: only at the first and last step)
@@ -150,6 +158,7 @@ class Config:
     )  # reward models, combined per grpo.reward_combine
     learner: LearnerConfig = field(default_factory=LearnerConfig)
     prompts: PromptsConfig = field(default_factory=PromptsConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 
 
@@ -274,6 +283,9 @@ def validate(cfg: Config) -> None:
     if len(lr.adam_betas) != 2 or not all(0 <= b < 1 for b in lr.adam_betas):
         raise ConfigError(f"learner.adam_betas must be two numbers in [0, 1), got {lr.adam_betas}")
     _positive("logging.sample_grid_every", cfg.logging.sample_grid_every, allow_zero=True)
+    _positive("eval.every", cfg.eval.every, allow_zero=True)
+    _positive("eval.num_prompts", cfg.eval.num_prompts)
+    _positive("eval.samples_per_prompt", cfg.eval.samples_per_prompt)
 
     c = cfg.cluster
     for pool in ("rollout", "reward", "learner"):
