@@ -34,7 +34,7 @@ class ClipScore:
         image = torch.nn.functional.normalize(image.float(), dim=-1)  # [G * F, D]
         text = torch.nn.functional.normalize(text.float(), dim=-1)  # [1, D]
         cosine = (image @ text.T).view(len(frames), per_sample).mean(dim=1)  # [G]
-        return RewardOutput(rewards=cosine.cpu(), requests=len(frames))
+        return RewardOutput(rewards=cosine.cpu())
 
     def close(self) -> None:
         self.model = None
