@@ -58,8 +58,10 @@ def test_transformers_backend_replies_and_garbage_becomes_counted_ties() -> None
     assert all(isinstance(r, str) for r in replies)
     backend.close()
 
-    judge = build_reward(RewardSpec(name="unifiedreward_think", model=TINY_JUDGE, backend="transformers",
-                                    max_new_tokens=12, max_retries=1))  # fmt: skip
+    spec = RewardSpec(
+        name="unifiedreward_think", model=TINY_JUDGE, backend="transformers", max_new_tokens=12, max_retries=1
+    )
+    judge = build_reward(spec)
     media = torch.randint(
         0, 256, (3, 64, 64, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0)
     )
@@ -71,8 +73,8 @@ def test_transformers_backend_replies_and_garbage_becomes_counted_ties() -> None
 
 @pytest.mark.parametrize("name", ["unifiedreward_flex", "unifiedreward_2"])
 def test_other_judges_on_transformers(name: str) -> None:
-    judge = build_reward(RewardSpec(name=name, model=TINY_JUDGE, backend="transformers", max_new_tokens=4,
-                                    max_retries=0))  # fmt: skip
+    spec = RewardSpec(name=name, model=TINY_JUDGE, backend="transformers", max_new_tokens=4, max_retries=0)
+    judge = build_reward(spec)
     media = torch.randint(
         0, 256, (2, 3, 64, 64, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(1)
     )
