@@ -40,4 +40,3 @@ class RolloutWorker:
 
     def trainable_state(self) -> dict[str, torch.Tensor]:
         return {n: p.detach().cpu().clone() for n, p in self.params.items()}
-

@@ -40,9 +40,23 @@ class EmbeddedRedis:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.process = subprocess.Popen(
             [
-                redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1",
-                "--requirepass", self.password, "--dir", str(self.data_dir), "--appendonly", "yes",
-                "--save", "60 1", "--protected-mode", "yes", "--daemonize", "no",
+                redis_server_binary(),
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--requirepass",
+                self.password,
+                "--dir",
+                str(self.data_dir),
+                "--appendonly",
+                "yes",
+                "--save",
+                "60 1",
+                "--protected-mode",
+                "yes",
+                "--daemonize",
+                "no",
             ],
             stdout=open(self.data_dir / "redis.log", "ab"),
             stderr=subprocess.STDOUT,
@@ -53,9 +67,10 @@ class EmbeddedRedis:
             try:
                 client.ping()
                 return self.url
-            except redis.ConnectionError:
+            except redis.ConnectionError as err:
                 if self.process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"embedded redis-server did not start; see {self.data_dir / 'redis.log'}")
+                    log = self.data_dir / "redis.log"
+                    raise RuntimeError(f"embedded redis-server did not start; see {log}") from err
                 time.sleep(0.05)
 
     def stop(self) -> None:

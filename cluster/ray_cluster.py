@@ -15,7 +15,13 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 from flexgrpo.config import ClusterConfig, ConfigError, PoolConfig
 
 # Passed to every actor so that caches and logs land where the driver's do.
-FORWARDED_ENV = ("FLEXGRPO_CACHE", "VLLM_CPU_KVCACHE_SPACE", "VLLM_CACHE_ROOT", "TORCH_EXTENSIONS_DIR", "HF_HUB_OFFLINE")
+FORWARDED_ENV = (
+    "FLEXGRPO_CACHE",
+    "VLLM_CPU_KVCACHE_SPACE",
+    "VLLM_CACHE_ROOT",
+    "TORCH_EXTENSIONS_DIR",
+    "HF_HUB_OFFLINE",
+)
 
 
 @contextmanager
@@ -31,7 +37,10 @@ def ray_session(cfg: ClusterConfig, run_dir: Path) -> Iterator[None]:
         _check_pools_fit(cfg)
     else:
         ray.init(
-            num_cpus=cfg.num_cpus, num_gpus=cfg.num_gpus, include_dashboard=False, runtime_env=runtime_env,
+            num_cpus=cfg.num_cpus,
+            num_gpus=cfg.num_gpus,
+            include_dashboard=False,
+            runtime_env=runtime_env,
             log_to_driver=True,
         )
     try:
@@ -51,7 +60,8 @@ class RoleGroup:
     """N actors of one role class, one per bundle of a placement group (a pool).
 
     The class is a plain Python class; it becomes a Ray actor here. Call methods by reference:
-    `[a.sample.remote(g) for a in group.actors]`.
+    `[a.sample.remote(g) for a in group.actors]`. With max_concurrency > 1 the actor runs that many calls at
+    once in threads (the class must be thread-safe, as the reward worker is for swaps during scoring).
     """
 
     def __init__(
@@ -63,14 +73,16 @@ class RoleGroup:
         args: tuple = (),
         kwargs_per_rank: list[dict[str, Any]] | None = None,
         max_restarts: int = 0,
+        max_concurrency: int = 1,
     ) -> None:
         bundle: dict[str, float] = {}
         if pool.gpus_per_worker > 0:
             bundle["GPU"] = pool.gpus_per_worker
         bundle["CPU"] = pool.cpus_per_worker or 0.01  # a bundle may not be empty
         self.name = name
-        self.placement_group = placement_group([dict(bundle) for _ in range(pool.num_workers)], strategy="PACK",
-                                               name=f"{name}-pool")
+        self.placement_group = placement_group(
+            [dict(bundle) for _ in range(pool.num_workers)], strategy="PACK", name=f"{name}-pool"
+        )
         ray.get(self.placement_group.ready(), timeout=300)
         remote_cls = ray.remote(cls)
         self.actors = [
@@ -80,6 +92,7 @@ class RoleGroup:
                 num_gpus=bundle.get("GPU", 0),
                 max_restarts=max_restarts,
                 max_task_retries=0,
+                max_concurrency=max_concurrency,
                 scheduling_strategy=PlacementGroupSchedulingStrategy(self.placement_group, rank),
             ).remote(*args, **(kwargs_per_rank[rank] if kwargs_per_rank else {}))
             for rank in range(pool.num_workers)

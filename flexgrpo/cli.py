@@ -1,8 +1,8 @@
 """The `flexgrpo` command.
 
-  flexgrpo train [RECIPE.yaml] [key=value ...]      run a training job (default recipe: configs/tiny.yaml)
-  flexgrpo command RUN_DIR OP [--rewards FILE]     send an operator command to a running job
-  flexgrpo status RUN_DIR                          print the run registry entry of a job
+flexgrpo train [RECIPE.yaml] [key=value ...]      run a training job (default recipe: configs/tiny.yaml)
+flexgrpo command RUN_DIR OP [--rewards FILE]     send an operator command to a running job
+flexgrpo status RUN_DIR                          print the run registry entry of a job
 """
 
 from __future__ import annotations
@@ -71,10 +71,16 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     _quiet_libraries()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
     from flexgrpo.driver import train
 
-    summary = train(cfg)
-    first, last = summary.reward_means[: max(1, len(summary.reward_means) // 5)], summary.reward_means[-max(1, len(summary.reward_means) // 5):]
+    with logging_redirect_tqdm():
+        summary = train(cfg)
+    first, last = (
+        summary.reward_means[: max(1, len(summary.reward_means) // 5)],
+        summary.reward_means[-max(1, len(summary.reward_means) // 5) :],
+    )
     print(f"run directory: {summary.run_dir}")
     print(f"mean reward, first {len(first)} steps: {sum(first) / len(first):.4f}")
     print(f"mean reward, last {len(last)} steps:  {sum(last) / len(last):.4f}")

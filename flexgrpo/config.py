@@ -56,8 +56,14 @@ class LoraConfig:
     alpha: int = 64  # LoRA alpha (scale alpha / r)
     target_modules: list[str] = field(
         default_factory=lambda: [
-            "to_q", "to_k", "to_v", "to_out.0",
-            "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out",
+            "to_q",
+            "to_k",
+            "to_v",
+            "to_out.0",
+            "add_q_proj",
+            "add_k_proj",
+            "add_v_proj",
+            "to_add_out",
         ]
     )  # attention projections that get an adapter
 
@@ -71,6 +77,7 @@ class PolicyConfig:
     width: int = 64  # image/video width in pixels
     num_frames: int = 1  # video frames (video families only)
     max_sequence_length: int = 77  # text tokens per prompt
+    distilled_guidance_scale: float = 3.5  # guidance-distilled models (FLUX.1-dev): the transformer's guidance input
     lora: LoraConfig = field(default_factory=LoraConfig)
 
 
@@ -221,6 +228,7 @@ def validate(cfg: Config) -> None:
     _one_of("policy.dtype", cfg.policy.dtype, DTYPES)
     for key in ("height", "width", "num_frames", "max_sequence_length"):
         _positive(f"policy.{key}", getattr(cfg.policy, key))
+    _positive("policy.distilled_guidance_scale", cfg.policy.distilled_guidance_scale)
     if cfg.policy.height % 16 or cfg.policy.width % 16:
         raise ConfigError(
             f"policy.height and policy.width must be multiples of 16, got {cfg.policy.height}x{cfg.policy.width}"
@@ -294,7 +302,9 @@ def validate(cfg: Config) -> None:
         _positive(f"cluster.{pool}.gpus_per_worker", p.gpus_per_worker, allow_zero=True)
         _positive(f"cluster.{pool}.cpus_per_worker", p.cpus_per_worker, allow_zero=True)
     if c.address is None:
-        wanted = sum(getattr(c, p).num_workers * getattr(c, p).gpus_per_worker for p in ("rollout", "reward", "learner"))
+        wanted = sum(
+            getattr(c, p).num_workers * getattr(c, p).gpus_per_worker for p in ("rollout", "reward", "learner")
+        )
         if wanted > c.num_gpus:
             raise ConfigError(
                 f"the pools need {wanted:g} GPUs but cluster.num_gpus is {c.num_gpus}: "

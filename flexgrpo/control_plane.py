@@ -43,12 +43,17 @@ class ControlPlane:
     def register_run(self, config: dict) -> None:
         self.redis.sadd("flexgrpo:runs", self.run)
         self.redis.hsetnx(self._key, "step", 0)
-        self.redis.hset(self._key, mapping={"config": json.dumps(config), "status": "starting", "updated_at": time.time()})
+        self.redis.hset(
+            self._key, mapping={"config": json.dumps(config), "status": "starting", "updated_at": time.time()}
+        )
 
     def update_run(self, **fields: Any) -> None:
         """Set run fields (status, step, policy_version, reward_version, ...)."""
-        self.redis.hset(self._key, mapping={k: json.dumps(v) if isinstance(v, dict | list) else v
-                                            for k, v in fields.items()} | {"updated_at": time.time()})
+        self.redis.hset(
+            self._key,
+            mapping={k: json.dumps(v) if isinstance(v, dict | list) else v for k, v in fields.items()}
+            | {"updated_at": time.time()},
+        )
 
     def run_info(self) -> dict[str, str]:
         return self.redis.hgetall(self._key)

@@ -75,18 +75,33 @@ def build_roles(cfg: Config) -> Roles:
     from reward_workers.reward_worker import RewardWorker
 
     c = cfg.cluster
-    rollout = RoleGroup(RolloutWorker, c.rollout, name="rollout", args=(cfg.policy, cfg.sampler),
-                        kwargs_per_rank=[{"run_seed": cfg.run.seed}] * c.rollout.num_workers, max_restarts=3)
-    reward = RoleGroup(RewardWorker, c.reward, name="reward", args=(cfg.rewards,), max_restarts=3)
+    rollout = RoleGroup(
+        RolloutWorker,
+        c.rollout,
+        name="rollout",
+        args=(cfg.policy, cfg.sampler),
+        kwargs_per_rank=[{"run_seed": cfg.run.seed}] * c.rollout.num_workers,
+        max_restarts=3,
+    )
+    reward = RoleGroup(
+        RewardWorker, c.reward, name="reward", args=(cfg.rewards,), max_restarts=3, max_concurrency=2
+    )  # a reward swap builds its models while scoring goes on
     master = {"master_addr": "127.0.0.1", "master_port": free_port()}
     learner = RoleGroup(
-        GRPOLearner, c.learner, name="learner", args=(cfg.policy, cfg.sampler, cfg.grpo, cfg.learner),
-        kwargs_per_rank=[{"rank": r, "world_size": c.learner.num_workers} | master for r in range(c.learner.num_workers)],
+        GRPOLearner,
+        c.learner,
+        name="learner",
+        args=(cfg.policy, cfg.sampler, cfg.grpo, cfg.learner),
+        kwargs_per_rank=[
+            {"rank": r, "world_size": c.learner.num_workers} | master for r in range(c.learner.num_workers)
+        ],
     )
     # Weight sync: learner rank 0 is rank 0, rollout workers are 1..N, on a group of their own.
     host, port, world = "127.0.0.1", free_port(), 1 + len(rollout)
-    ray.get([learner.actors[0].join_weight_sync.remote(host, port, world)]
-            + [w.join_weight_sync.remote(host, port, 1 + i, world) for i, w in enumerate(rollout.actors)])
+    ray.get(
+        [learner.actors[0].join_weight_sync.remote(host, port, world)]
+        + [w.join_weight_sync.remote(host, port, 1 + i, world) for i, w in enumerate(rollout.actors)]
+    )
     return Roles(rollout, reward, learner)
 
 
@@ -95,8 +110,8 @@ class TrainingLoop:
         self.cfg, self.roles, self.control, self.logger, self.run_dir = cfg, roles, control, logger, run_dir
         self.prompts = load_prompts(cfg.prompts)
         self.policy_version = 0
-        self.reward_version = 0
-        self.reward_specs = list(cfg.rewards)
+        self.reward_specs: dict[int, list[RewardSpec]] = {0: list(cfg.rewards)}  # reward version -> its spec
+        self.pending_swaps: list = []  # ObjectRefs of reward swaps in progress
         self.weight_header = ray.get(roles.learner.actors[0].weight_header.remote())
         self.timings: dict[str, float] = {}
         self.stop_requested = False
@@ -120,7 +135,9 @@ class TrainingLoop:
                 break
             step_start = time.perf_counter()
             # Sampling may run ahead of training by max_staleness steps (0: synchronous Flow-GRPO).
-            while len(inflight) <= cfg.grpo.max_staleness and (not inflight or inflight[-1].step + 1 < cfg.run.num_steps):
+            while len(inflight) <= cfg.grpo.max_staleness and (
+                not inflight or inflight[-1].step + 1 < cfg.run.num_steps
+            ):
                 inflight.append(self.submit(inflight[-1].step + 1 if inflight else step))
             current = inflight.popleft()
             with self.timed("rollout"):
@@ -138,22 +155,39 @@ class TrainingLoop:
             reward_means.append(metrics["reward_mean"])
             self.logger.log(step, metrics)
             self.control.publish_metrics(step, metrics)
-            self.control.update_run(step=step + 1, policy_version=self.policy_version, reward_version=self.reward_version)
+            self.control.update_run(
+                step=step + 1, policy_version=self.policy_version, reward_version=int(metrics["reward/version"])
+            )
             if self.wants_samples(step):
-                self.logger.log_samples(step, [m.media for m in ray.get(current.media)], [t.prompt for t in trajectories])
+                self.logger.log_samples(
+                    step, [m.media for m in ray.get(current.media)], [t.prompt for t in trajectories]
+                )
             bar.set_postfix(reward=f"{metrics['reward_mean']:.4f}", loss=f"{metrics['loss/loss']:.2e}")
             log.info(
-                "step %d/%d  reward %.4f  ratio %.6f  clip %.3f  grad %.3g  rollout %.1fs reward %.1fs train %.1fs sync %.2fs",
-                step + 1, cfg.run.num_steps, metrics["reward_mean"], metrics["loss/ratio_mean"],
-                metrics["loss/clip_frac"], metrics["loss/grad_norm"], metrics["timing/rollout"],
-                metrics["timing/reward"], metrics["timing/train"], metrics["timing/sync"],
+                "step %d/%d  reward %.4f  ratio %.6f  clip %.3f  grad %.3g  "
+                "rollout %.1fs reward %.1fs train %.1fs sync %.2fs",
+                step + 1,
+                cfg.run.num_steps,
+                metrics["reward_mean"],
+                metrics["loss/ratio_mean"],
+                metrics["loss/clip_frac"],
+                metrics["loss/grad_norm"],
+                metrics["timing/rollout"],
+                metrics["timing/reward"],
+                metrics["timing/train"],
+                metrics["timing/sync"],
             )
         return reward_means
 
     def submit(self, step: int) -> InflightStep:
         """Hand a step's prompt groups to the rollout pool; each group goes to the reward pool as soon as sampled."""
-        groups = groups_for_step(self.prompts, step, groups_per_step=self.cfg.grpo.groups_per_step,
-                                 group_size=self.cfg.grpo.group_size, seed=self.cfg.run.seed)
+        groups = groups_for_step(
+            self.prompts,
+            step,
+            groups_per_step=self.cfg.grpo.groups_per_step,
+            group_size=self.cfg.grpo.group_size,
+            seed=self.cfg.run.seed,
+        )
         rollout, reward = self.roles.rollout.actors, self.roles.reward.actors
         trajectories, media = [], []
         for i, group in enumerate(groups):
@@ -170,24 +204,30 @@ class TrainingLoop:
         g = self.cfg.grpo
         versions = [s.reward_version for s in scored]
         if g.reward_combine == "advantage":
-            weights = {spec.name: spec.weight for spec in self.reward_specs}
-            advantages = weighted_advantages([s.components for s in scored], weights, versions,
-                                             global_std=g.global_std, clip=g.adv_clip)
+            weights = [{r.name: r.weight for r in self.reward_specs[s.reward_version]} for s in scored]
+            advantages = weighted_advantages(
+                [s.components for s in scored], weights, versions, global_std=g.global_std, clip=g.adv_clip
+            )
         else:
-            advantages = group_advantages([s.rewards for s in scored], versions, global_std=g.global_std, clip=g.adv_clip)
+            advantages = group_advantages(
+                [s.rewards for s in scored], versions, global_std=g.global_std, clip=g.adv_clip
+            )
         learners = self.roles.learner.actors
         shards = split_evenly(list(zip(trajectories, advantages, strict=True)), len(learners))
-        results = ray.get([
-            actor.train_step.remote([t for t, _ in shard], [a for _, a in shard])
-            for actor, shard in zip(learners, shards, strict=True)
-        ])
+        results = ray.get(
+            [
+                actor.train_step.remote([t for t, _ in shard], [a for _, a in shard])
+                for actor, shard in zip(learners, shards, strict=True)
+            ]
+        )
         self.policy_version += 1
         return {k: sum(r[k] for r in results) / len(results) for k in results[0]}
 
     def sync_weights(self, *, wait: bool) -> None:
         """Learner rank 0 broadcasts version v+1; each rollout worker loads it between two groups."""
-        header = type(self.weight_header)(self.policy_version, self.weight_header.names, self.weight_header.shapes,
-                                          self.weight_header.dtype)
+        header = type(self.weight_header)(
+            self.policy_version, self.weight_header.names, self.weight_header.shapes, self.weight_header.dtype
+        )
         refs = [self.roles.learner.actors[0].publish_weights.remote()]
         refs += [w.receive_weights.remote(header) for w in self.roles.rollout.actors]
         if wait:
@@ -205,14 +245,19 @@ class TrainingLoop:
             "rollout/samples": float(rewards.numel()),
         }
         for name in scored[0].components:
-            metrics[f"reward/{name}"] = torch.cat([s.components[name] for s in scored if name in s.components]).mean().item()
+            metrics[f"reward/{name}"] = (
+                torch.cat([s.components[name] for s in scored if name in s.components]).mean().item()
+            )
         return metrics
 
     def wants_samples(self, step: int) -> bool:
         every = self.cfg.logging.sample_grid_every
-        return step == 0 or step == self.cfg.run.num_steps - 1 or self.stop_requested or (every > 0 and step % every == 0)
+        return (
+            step == 0 or step == self.cfg.run.num_steps - 1 or self.stop_requested or (every > 0 and step % every == 0)
+        )
 
     def handle_commands(self) -> None:
+        self.check_swaps()
         for command in self.control.take_commands():
             log.info("operator command: %s %s", command.op, command.args)
             if command.op == "swap_reward":
@@ -226,20 +271,33 @@ class TrainingLoop:
                 self.wait_for_resume()
 
     def swap_reward(self, command: Command) -> None:
-        """Load a new reward spec into every reward worker; groups scored from now on carry the new version."""
+        """Start loading a new reward spec into every reward worker, without waiting: workers keep scoring with
+        the old spec until the new one is built, and each scored group carries the version that scored it."""
         from reward_workers.registry import check_reward_specs
 
         try:
             merged = config_from_dict(to_dict(self.cfg) | {"rewards": command.args.get("rewards", [])})
             check_reward_specs(merged.rewards)
         except ValueError as err:
-            log.error("swap_reward rejected: %s", err)
-            self.control.update_run(last_command_error=str(err))
+            self.command_failed(f"swap_reward rejected: {err}")
             return
-        self.reward_version += 1
-        self.reward_specs = list(merged.rewards)
-        ray.get([a.swap.remote(self.reward_specs, self.reward_version) for a in self.roles.reward.actors])
-        self.control.update_run(reward_version=self.reward_version, rewards=[to_dict_spec(s) for s in self.reward_specs])
+        version = max(self.reward_specs) + 1
+        self.reward_specs[version] = list(merged.rewards)
+        self.pending_swaps += [a.swap.remote(merged.rewards, version) for a in self.roles.reward.actors]
+        self.control.update_run(reward_version_requested=version, rewards=[to_dict_spec(s) for s in merged.rewards])
+
+    def check_swaps(self) -> None:
+        """Report reward swaps that failed (the workers then keep their previous spec)."""
+        done, self.pending_swaps = ray.wait(self.pending_swaps, num_returns=len(self.pending_swaps), timeout=0)
+        for ref in done:
+            try:
+                ray.get(ref)
+            except Exception as err:  # noqa: BLE001  (any failure inside the worker)
+                self.command_failed(f"swap_reward failed in a reward worker: {err}")
+
+    def command_failed(self, message: str) -> None:
+        log.error(message)
+        self.control.update_run(last_command_error=message)
 
     def wait_for_resume(self) -> None:
         self.control.update_run(status="paused")

@@ -33,7 +33,9 @@ def load_prompts(cfg: PromptsConfig) -> list[str]:
     return prompts
 
 
-def groups_for_step(prompts: list[str], step: int, *, groups_per_step: int, group_size: int, seed: int) -> list[PromptGroup]:
+def groups_for_step(
+    prompts: list[str], step: int, *, groups_per_step: int, group_size: int, seed: int
+) -> list[PromptGroup]:
     """The prompt groups of one training step: a deterministic function of the step, so a resumed run
     draws exactly what the interrupted one would have. Prompts go in a fresh shuffled order every epoch."""
     out = []

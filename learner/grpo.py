@@ -38,14 +38,29 @@ def group_advantages(
 
 
 def weighted_advantages(
-    components: list[dict[str, Tensor]], weights: dict[str, float], reward_versions: list[int], *, global_std: bool,
+    components: list[dict[str, Tensor]],
+    weights: list[dict[str, float]],
+    reward_versions: list[int],
+    *,
+    global_std: bool,
     clip: float,
 ) -> list[Tensor]:
-    """Pref-GRPO style multi-reward: normalise each reward into advantages on its own, then weight and sum."""
+    """Pref-GRPO style multi-reward: normalise each reward into advantages on its own, then weight and sum.
+
+    components: per group, reward name -> [G] rewards; weights: per group, reward name -> weight (those of the
+    reward spec that scored the group).
+    """
     total = [torch.zeros_like(next(iter(c.values()))) for c in components]
-    for name, weight in weights.items():
-        per_reward = group_advantages([c[name] for c in components], reward_versions, global_std=global_std, clip=clip)
-        total = [t + weight * a for t, a in zip(total, per_reward, strict=True)]
+    for name in sorted({n for w in weights for n in w}):
+        scored_by = [i for i, w in enumerate(weights) if name in w]
+        per_reward = group_advantages(
+            [components[i][name] for i in scored_by],
+            [reward_versions[i] for i in scored_by],
+            global_std=global_std,
+            clip=clip,
+        )
+        for i, adv in zip(scored_by, per_reward, strict=True):
+            total[i] = total[i] + weights[i][name] * adv
     return total
 
 

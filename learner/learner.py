@@ -36,8 +36,11 @@ def init_deepspeed_distributed(rank: int, world_size: int, master_addr: str, mas
     """Join (or create) the learner's default process group. On CPU this uses gloo and skips DeepSpeed's
     shared-memory op, whose first build takes ~40 s of JIT compilation and is not needed for correctness."""
     os.environ.update(
-        MASTER_ADDR=master_addr, MASTER_PORT=str(master_port), RANK=str(rank),
-        WORLD_SIZE=str(world_size), LOCAL_RANK=str(0 if not torch.cuda.is_available() else rank % max(1, torch.cuda.device_count())),
+        MASTER_ADDR=master_addr,
+        MASTER_PORT=str(master_port),
+        RANK=str(rank),
+        WORLD_SIZE=str(world_size),
+        LOCAL_RANK=str(0 if not torch.cuda.is_available() else rank % max(1, torch.cuda.device_count())),
     )
     import deepspeed
 
@@ -65,7 +68,9 @@ class GRPOLearner:
         if grpo_cfg.kl_beta > 0 and not policy_cfg.lora.enabled:
             raise ValueError("grpo.kl_beta > 0 needs policy.lora.enabled (the reference is the adapter switched off)")
         init_deepspeed_distributed(rank, world_size, master_addr, master_port)
-        self.device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+        self.device = (
+            torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+        )
         self.policy = build_policy(policy_cfg, self.device)
         self.step_fn = get_sampler(sampler_cfg.kind)
 
@@ -79,7 +84,9 @@ class GRPOLearner:
         micro_batches = math.ceil(samples_per_rank / self.micro_batch) * trained_steps_per_sample(sampler_cfg)
         self.params = trainable_parameters(self.policy.transformer)
         optimizer = torch.optim.AdamW(
-            list(self.params.values()), lr=learner_cfg.lr, betas=tuple(learner_cfg.adam_betas),
+            list(self.params.values()),
+            lr=learner_cfg.lr,
+            betas=tuple(learner_cfg.adam_betas),
             weight_decay=learner_cfg.weight_decay,
         )
         ds_config = {
@@ -111,7 +118,9 @@ class GRPOLearner:
             for k in range(groups[0].log_probs.shape[1]):
                 out, batch = self._rescore(groups, chunk, k, model=self.engine)
                 policy_loss, step_stats = clipped_policy_loss(
-                    log_prob=out.log_prob, old_log_prob=batch["old_log_prob"], advantages=adv,
+                    log_prob=out.log_prob,
+                    old_log_prob=batch["old_log_prob"],
+                    advantages=adv,
                     clip_range=self.grpo_cfg.clip_range,
                 )
                 loss = policy_loss
@@ -138,8 +147,15 @@ class GRPOLearner:
         rows = []
         for start in range(0, len(samples), self.micro_batch):
             chunk = samples[start : start + self.micro_batch]
-            rows.append(torch.stack([self._rescore([group], chunk, k, model=self.engine)[0].log_prob
-                                     for k in range(group.log_probs.shape[1])], dim=1))
+            rows.append(
+                torch.stack(
+                    [
+                        self._rescore([group], chunk, k, model=self.engine)[0].log_prob
+                        for k in range(group.log_probs.shape[1])
+                    ],
+                    dim=1,
+                )
+            )
         return torch.cat(rows).cpu()
 
     def _rescore(self, groups: list[TrajectoryGroup], chunk: list[tuple[int, int]], k: int, model):

@@ -30,7 +30,7 @@ def test_global_std_never_mixes_reward_versions():
 
 def test_weighted_advantages_normalise_each_reward_first():
     comps = [{"a": torch.tensor([0.0, 1.0]), "b": torch.tensor([0.0, 1000.0])}]
-    (adv,) = weighted_advantages(comps, {"a": 1.0, "b": 0.5}, [0], global_std=False, clip=5.0)
+    (adv,) = weighted_advantages(comps, [{"a": 1.0, "b": 0.5}], [0], global_std=False, clip=5.0)
     unit = 0.5 / (0.5 + STD_EPS)
     torch.testing.assert_close(adv, torch.tensor([-1.5 * unit, 1.5 * unit]), rtol=1e-4, atol=1e-4)
 
@@ -47,8 +47,9 @@ def test_clipped_loss_is_the_ppo_surrogate():
 
 def test_on_policy_gradient_pushes_up_the_better_sample():
     logp = torch.zeros(2, requires_grad=True)
-    loss, _ = clipped_policy_loss(log_prob=logp, old_log_prob=torch.zeros(2), advantages=torch.tensor([1.0, -1.0]),
-                                  clip_range=1e-4)
+    loss, _ = clipped_policy_loss(
+        log_prob=logp, old_log_prob=torch.zeros(2), advantages=torch.tensor([1.0, -1.0]), clip_range=1e-4
+    )
     loss.backward()
     assert logp.grad[0] < 0 < logp.grad[1]  # descent raises the log-prob of the advantaged sample
 
@@ -57,3 +58,15 @@ def test_kl_to_reference_formula():
     mean, ref = torch.ones(2, 3, 4), torch.zeros(2, 3, 4)
     std = torch.tensor([0.5, 1.0]).view(2, 1, 1)
     torch.testing.assert_close(kl_to_reference(mean=mean, ref_mean=ref, std=std), torch.tensor([2.0, 0.5]))
+
+
+def test_weighted_advantages_use_each_groups_own_spec():
+    before = {"a": torch.tensor([0.0, 1.0])}
+    after = {"b": torch.tensor([5.0, 0.0])}
+    adv_before, adv_after = weighted_advantages(
+        [before, after], [{"a": 1.0}, {"b": 3.0}], [0, 1], global_std=True, clip=5.0
+    )
+    unit = 0.5 / (0.5 + STD_EPS)
+    torch.testing.assert_close(adv_before, torch.tensor([-unit, unit]))
+    unit_b = 2.5 / (2.5 + STD_EPS)
+    torch.testing.assert_close(adv_after, torch.tensor([3 * unit_b, -3 * unit_b]))

@@ -18,8 +18,9 @@ pytestmark = pytest.mark.slow
 
 
 def test_run_writes_metrics_samples_lora_and_registry(ray_local, tmp_path):
-    cfg = tiny_config(f"run.output_dir={tmp_path}", "run.name=e2e", "run.num_steps=3", "grpo.groups_per_step=2",
-                      "grpo.group_size=4")
+    cfg = tiny_config(
+        f"run.output_dir={tmp_path}", "run.name=e2e", "run.num_steps=3", "grpo.groups_per_step=2", "grpo.group_size=4"
+    )
     summary = train(cfg)
     run_dir = tmp_path / "e2e"
 
@@ -61,8 +62,9 @@ def test_run_writes_metrics_samples_lora_and_registry(ray_local, tmp_path):
 
 
 def test_broadcast_makes_rollout_weights_equal_the_learners_bit_for_bit(ray_local, tmp_path):
-    cfg = tiny_config(f"run.output_dir={tmp_path}", "run.name=sync", "grpo.groups_per_step=1", "grpo.group_size=4",
-                      "learner.lr=0.05")
+    cfg = tiny_config(
+        f"run.output_dir={tmp_path}", "run.name=sync", "grpo.groups_per_step=1", "grpo.group_size=4", "learner.lr=0.05"
+    )
     roles = build_roles(cfg)
     try:
         with EmbeddedRedis(tmp_path / "redis") as url, MetricsLogger(tmp_path, cfg.logging) as logger:
