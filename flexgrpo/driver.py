@@ -145,12 +145,13 @@ class TrainingLoop:
             with self.timed("reward"):
                 scored: list[ScoredGroup] = ray.get(current.scores)
             self.control.mark_groups([s.group_id for s in scored], "scored")
+            metrics = self.step_metrics(trajectories, scored)  # before training: staleness vs the learner now
             with self.timed("train"):
-                train_metrics = self.train(trajectories, scored)
+                metrics |= self.train(trajectories, scored)
             self.control.mark_groups([s.group_id for s in scored], "trained")
             with self.timed("sync"):
                 self.sync_weights(wait=cfg.grpo.max_staleness == 0)
-            metrics = self.step_metrics(trajectories, scored) | train_metrics | self.timings
+            metrics |= self.timings
             metrics["timing/step"] = time.perf_counter() - step_start
             reward_means.append(metrics["reward_mean"])
             self.logger.log(step, metrics)
