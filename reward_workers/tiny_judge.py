@@ -3,7 +3,8 @@
 It is a real Qwen2.5-VL checkpoint folder (config, safetensors weights, byte-level BPE tokenizer with the Qwen
 special tokens and a chat template, image/video processor configs) that vLLM and transformers load, so the
 judges and their backends are tested end to end without a hub. Its replies are random text: tests that need
-parseable replies constrain them with structured outputs.
+parseable replies constrain them with structured outputs. A plain `vllm.LLM` on CPU needs
+`reward_workers.backends.prepare_vllm_environment()` first (vLLM inspects the model in a child process).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ SPECIAL_TOKENS = [
     "<|video_pad|>",
 ]
 MAX_IMAGE_PIXELS = 56 * 56  # every image is resized to at most 2x2 merged patches: 4 tokens
-_MARKER = "model.safetensors"
+_MARKER = ".built-v1"  # bump when the build changes, so cached folders are rebuilt
 
 # Renders the Qwen chat layout. Content is a string or a list of parts; an image part (however a client
 # names it) becomes one vision block, which the processor expands to the image's patch tokens.
@@ -145,3 +146,4 @@ def build_tiny_judge(path: Path) -> None:
     )
     model.save_pretrained(path)
     processor.save_pretrained(path)
+    (path / _MARKER).touch()
