@@ -162,9 +162,9 @@ def _start_engine(model: str, max_images: int):
 def _stop_engine(llm) -> None:
     import gc
 
-    shutdown = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
-    if shutdown is not None and hasattr(shutdown, "shutdown"):
-        shutdown.shutdown()
+    core = getattr(getattr(llm, "llm_engine", None), "engine_core", None)  # the in-process engine core client
+    if core is not None and hasattr(core, "shutdown"):
+        core.shutdown()
     del llm
     gc.collect()
 
