@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import math
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from actors.policies.base import DiffusionPolicy, batch_embeddings, guided_velocity
-from actors.samplers import get_sampler, ode_step
+from actors.samplers import StepFn, StepResult, get_sampler, ode_step
 from flexgrpo.config import SamplerConfig
-from flexgrpo.records import MediaGroup, PromptGroup, TrajectoryGroup
+from flexgrpo.records import MediaGroup, PromptEmbedding, PromptGroup, TrajectoryGroup
 
 
 def sample_seed(run_seed: int, group_seed: int, index: int) -> int:
@@ -41,6 +44,57 @@ def choose_trained_steps(cfg: SamplerConfig, group_size: int, generator: torch.G
     return trained, torch.ones(steps, dtype=torch.bool)
 
 
+@dataclass(frozen=True)
+class _Conditioning:
+    cond: PromptEmbedding  # the prompt's conditioning
+    uncond: PromptEmbedding | None  # the empty prompt's, with CFG
+    cond_batch: PromptEmbedding  # cond repeated G times: tokens [G, L, D]
+    uncond_batch: PromptEmbedding | None  # uncond repeated G times
+
+
+def _encode(policy: DiffusionPolicy, prompt: str, group_size: int, guidance_scale: float) -> _Conditioning:
+    """The prompt's conditioning (and the empty prompt's for CFG), batched over the group."""
+    use_cfg = guidance_scale > 1.0
+    embeddings = policy.encode_prompts([prompt, ""] if use_cfg else [prompt])
+    cond, uncond = embeddings[0], (embeddings[1] if use_cfg else None)
+    uncond_batch = batch_embeddings([uncond] * group_size) if uncond is not None else None
+    return _Conditioning(cond, uncond, batch_embeddings([cond] * group_size), uncond_batch)
+
+
+def _denoise(
+    policy: DiffusionPolicy,
+    x: Tensor,
+    sigmas: Tensor,
+    text: _Conditioning,
+    guidance_scale: float,
+    step_fns: list[StepFn],
+    *,
+    noise_level: float,
+    generators: list[torch.Generator] | None,
+) -> Iterator[tuple[int, Tensor, StepResult]]:
+    """Run the steps, yielding (j, x before step j, its result). generators: per-sample noise, drawn at every
+    step; None runs deterministic steps only (no noise drawn)."""
+    G, shape, device = x.shape[0], tuple(x.shape[1:]), x.device
+    for j, step_fn in enumerate(step_fns):
+        sigma = sigmas[j].expand(G).to(device)  # [G]
+        next_sigma = sigmas[j + 1].expand(G).to(device)  # [G]
+        v = guided_velocity(
+            policy, policy.transformer, x, sigma, text.cond_batch, text.uncond_batch, guidance_scale
+        )  # [G, *latent]
+        noise = None
+        if generators is not None:
+            noise = torch.stack([torch.randn(shape, generator=g) for g in generators]).to(device)  # [G, *lat]
+        out = step_fn(x, v, sigma, next_sigma, noise_level=noise_level, sigma_1=float(sigmas[1]), noise=noise)
+        yield j, x, out
+        x = out.next_latents.to(x.dtype)
+
+
+def _initial_noise(policy: DiffusionPolicy, generators: list[torch.Generator]) -> Tensor:
+    """One standard normal latent per sample, each from its own generator. -> [G, *latent] float32"""
+    device = next(policy.transformer.parameters()).device
+    return torch.stack([torch.randn(policy.latent_shape(), generator=g) for g in generators]).to(device)
+
+
 @torch.no_grad()
 def sample_group(
     policy: DiffusionPolicy,
@@ -56,40 +110,31 @@ def sample_group(
     generators = [torch.Generator().manual_seed(s) for s in seeds]
 
     # 1. encode the prompt (and the empty prompt for CFG)
-    use_cfg = cfg.guidance_scale > 1.0
-    embeddings = policy.encode_prompts([group.prompt, ""] if use_cfg else [group.prompt])
-    cond, uncond = embeddings[0], (embeddings[1] if use_cfg else None)
-    cond_batch = batch_embeddings([cond] * G)
-    uncond_batch = batch_embeddings([uncond] * G) if uncond is not None else None
+    text = _encode(policy, group.prompt, G, cfg.guidance_scale)
 
     # 2. initial noise, one generator per sample
-    shape = policy.latent_shape()
-    x = torch.stack([torch.randn(shape, generator=g) for g in generators])  # [G, *latent]
-    device = next(policy.transformer.parameters()).device
-    x = x.to(device)
+    x = _initial_noise(policy, generators)  # [G, *latent]
 
     # 3. timesteps and which of them are trained
     sigmas = policy.schedule(cfg.num_steps)  # [T + 1]
     trained, stochastic = choose_trained_steps(cfg, G, torch.Generator().manual_seed(seeds[0]))
     step_fn = get_sampler(cfg.kind)
+    step_fns = [step_fn if stochastic[j] else ode_step for j in range(cfg.num_steps)]
     recorded_x, recorded_next, recorded_logp = [], [], []
 
     # 4. denoise, keeping x, x' and the log-prob at every step some sample trains on
-    for j in range(cfg.num_steps):
-        sigma = sigmas[j].expand(G).to(device)
-        next_sigma = sigmas[j + 1].expand(G).to(device)
-        v = guided_velocity(policy, policy.transformer, x, sigma, cond_batch, uncond_batch, cfg.guidance_scale)
-        noise = torch.stack([torch.randn(shape, generator=g) for g in generators]).to(device)
-        fn = step_fn if stochastic[j] else ode_step
-        out = fn(x, v, sigma, next_sigma, noise_level=cfg.noise_level, sigma_1=float(sigmas[1]), noise=noise)
+    steps = _denoise(
+        policy, x, sigmas, text, cfg.guidance_scale, step_fns,
+        noise_level=cfg.noise_level, generators=generators,
+    )
+    for j, x_j, out in steps:
         if (trained == j).any():
-            recorded_x.append(x.float().cpu())
+            recorded_x.append(x_j.float().cpu())
             recorded_next.append(out.next_latents.cpu())
             recorded_logp.append(out.log_prob.cpu())
-        x = out.next_latents.to(x.dtype)
 
     # 5. decode, and gather each sample's trained transitions
-    media = policy.decode(x)
+    media = policy.decode(out.next_latents)
     recorded_steps = torch.tensor(sorted({int(j) for j in trained.flatten()}))
     position = torch.searchsorted(recorded_steps, trained)  # [G, K] index into the recorded steps
     rows = torch.arange(G).unsqueeze(1)  # [G, 1]
@@ -106,12 +151,31 @@ def sample_group(
         next_sigmas=sigmas[trained + 1],  # [G, K]
         schedule_sigma_1=float(sigmas[1]),
         log_probs=torch.stack(recorded_logp, dim=1)[rows, position],  # [G, K]
-        cond=_to_cpu(cond),
-        uncond=_to_cpu(uncond) if uncond is not None else None,
+        cond=_to_cpu(text.cond),
+        uncond=_to_cpu(text.uncond) if text.uncond is not None else None,
         guidance_scale=cfg.guidance_scale,
     )
     return trajectory, MediaGroup(group.group_id, group.prompt, policy_version, media)
 
 
-def _to_cpu(e):
+@torch.no_grad()
+def sample_eval_group(
+    policy: DiffusionPolicy, group: PromptGroup, cfg: SamplerConfig, *, run_seed: int, policy_version: int
+) -> MediaGroup:
+    """Evaluation: the G samples of `group` by deterministic ODE sampling with `cfg.eval_num_steps` steps,
+    from the same per-sample seeds as training (`sample_seed`), so the same group gives the same media."""
+    G = group.group_size
+    generators = [torch.Generator().manual_seed(sample_seed(run_seed, group.seed, i)) for i in range(G)]
+    text = _encode(policy, group.prompt, G, cfg.guidance_scale)
+    x = _initial_noise(policy, generators)  # [G, *latent]
+    sigmas = policy.schedule(cfg.eval_num_steps)  # [T + 1]
+    steps = _denoise(
+        policy, x, sigmas, text, cfg.guidance_scale, [ode_step] * cfg.eval_num_steps, noise_level=0.0,
+        generators=None,
+    )
+    _, _, last = deque(steps, maxlen=1)[0]  # run every step, keep only the last
+    return MediaGroup(group.group_id, group.prompt, policy_version, policy.decode(last.next_latents))
+
+
+def _to_cpu(e: PromptEmbedding) -> PromptEmbedding:
     return type(e)(tokens=e.tokens.float().cpu(), pooled=None if e.pooled is None else e.pooled.float().cpu())

@@ -6,7 +6,7 @@ import torch
 
 from actors.policies import build_policy
 from actors.policies.base import trainable_parameters
-from actors.rollout import sample_group
+from actors.rollout import sample_eval_group, sample_group
 from flexgrpo.config import PolicyConfig, SamplerConfig
 from flexgrpo.records import MediaGroup, PromptGroup, TrajectoryGroup, WeightUpdate
 from flexgrpo.weight_transport import WeightSyncGroup, empty_buffer, unpack_into
@@ -26,6 +26,12 @@ class RolloutWorker:
     def sample(self, group: PromptGroup) -> tuple[TrajectoryGroup, MediaGroup]:
         """Sample one group at the current policy version (a group never mixes versions)."""
         return sample_group(self.policy, group, self.sampler_cfg, run_seed=self.run_seed, policy_version=self.version)
+
+    def evaluate(self, group: PromptGroup) -> MediaGroup:
+        """ODE samples of `group` at the current version, `eval_num_steps` steps, reproducible by seed."""
+        return sample_eval_group(
+            self.policy, group, self.sampler_cfg, run_seed=self.run_seed, policy_version=self.version
+        )
 
     def join_weight_sync(self, host: str, port: int, rank: int, world_size: int) -> None:
         self._sync = WeightSyncGroup(host, port, rank, world_size, self.device)

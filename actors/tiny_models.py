@@ -50,8 +50,9 @@ def build_tokenizer(max_length: int = MAX_TEXT_TOKENS):
     )
 
 
-def _tiny_clip(tokenizer, seed: int):
-    from transformers import CLIPTextConfig, CLIPTextModelWithProjection
+def _tiny_clip(tokenizer, seed: int, *, projection: bool = True):
+    """A 2-layer CLIP text encoder; `projection` adds the projection SD3 pools from (FLUX pools without)."""
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     torch.manual_seed(seed)
     config = CLIPTextConfig(
@@ -66,7 +67,26 @@ def _tiny_clip(tokenizer, seed: int):
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
-    return CLIPTextModelWithProjection(config).eval()
+    return (CLIPTextModelWithProjection if projection else CLIPTextModel)(config).eval()
+
+
+def _tiny_t5(tokenizer, seed: int, config_cls_name: str, model_cls_name: str):
+    """A 2-layer T5-style text encoder (T5 for FLUX, UMT5 for Wan), hidden size 32."""
+    import transformers
+
+    torch.manual_seed(seed)
+    config = getattr(transformers, config_cls_name)(
+        vocab_size=len(tokenizer),
+        d_model=32,
+        d_kv=8,
+        d_ff=64,
+        num_layers=2,
+        num_heads=4,
+        relative_attention_num_buckets=8,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    return getattr(transformers, model_cls_name)(config).eval()
 
 
 def build_tiny_vae(latent_channels: int):
@@ -137,7 +157,109 @@ def build_tiny_sd3(path: Path) -> None:
     pipe.save_pretrained(path)
 
 
-TINY_MODELS: dict[str, Callable[[Path], None]] = {"tiny-sd3": build_tiny_sd3}
+def build_tiny_flux(path: Path) -> None:
+    """FLUX-style: FluxTransformer2DModel (1 double + 1 single block, guidance embedding), a tiny CLIP for the
+    pooled vector, a tiny T5 for the tokens, the fitted tiny 8x VAE (4 channels: 16 after 2x2 packing)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+
+    tokenizer = build_tokenizer()
+    torch.manual_seed(0)
+    transformer = FluxTransformer2DModel(
+        patch_size=1,
+        in_channels=16,
+        num_layers=1,
+        num_single_layers=1,
+        attention_head_dim=16,
+        num_attention_heads=2,
+        joint_attention_dim=32,  # the T5 hidden size
+        pooled_projection_dim=32,  # the CLIP hidden size
+        guidance_embeds=True,
+        axes_dims_rope=(4, 6, 6),  # sums to attention_head_dim
+    )
+    scheduler = FlowMatchEulerDiscreteScheduler(
+        shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15, base_image_seq_len=256,
+        max_image_seq_len=4096,
+    )  # FLUX.1-dev's scheduler config
+    pipe = FluxPipeline(
+        transformer=transformer,
+        scheduler=scheduler,
+        vae=build_tiny_vae(latent_channels=4),
+        text_encoder=_tiny_clip(tokenizer, 2, projection=False),
+        tokenizer=tokenizer,
+        text_encoder_2=_tiny_t5(tokenizer, 3, "T5Config", "T5EncoderModel"),
+        tokenizer_2=tokenizer,
+    )
+    pipe.save_pretrained(path)
+
+
+def build_tiny_wan_vae(z_dim: int):
+    """A tiny AutoencoderKLWan (8x spatial, 4x temporal) whose random decoder draws only its latent.
+
+    Random biases paint a fixed texture whatever the latent, and random residual branches add more of it, so
+    here the decoder's biases are zero and each residual/attention branch is switched off (its output
+    projection zeroed): the zero latent decodes to flat grey and a spatially uniform latent to a smooth video.
+    Wan's per-position RMS norms make the output depend on the direction of each position's latent vector, not
+    its length, so (unlike `build_tiny_vae`) contrast does not grow with the latent. The output layer is
+    calibrated to a std of 0.5 in [-1, 1] for unit latents. The encoder stays random.
+    """
+    from diffusers import AutoencoderKLWan
+
+    torch.manual_seed(1)
+    vae = AutoencoderKLWan(
+        base_dim=8, z_dim=z_dim, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
+        latents_mean=[0.0] * z_dim, latents_std=[1.0] * z_dim,
+    )
+    decoder = [vae.post_quant_conv, *vae.decoder.modules()]
+    with torch.no_grad():
+        for module in decoder:
+            if isinstance(module, torch.nn.Conv2d | torch.nn.Conv3d) and module.bias is not None:
+                module.bias.zero_()
+            if type(module).__name__ == "WanResidualBlock":
+                module.conv2.weight.zero_()
+            if type(module).__name__ == "WanAttentionBlock":
+                module.proj.weight.zero_()
+        probe = torch.randn(8, z_dim, 2, 4, 4, generator=torch.Generator().manual_seed(2))
+        vae.decoder.conv_out.weight *= 0.5 / vae.decode(probe, return_dict=False)[0].std()
+    return vae.eval()
+
+
+def build_tiny_wan(path: Path) -> None:
+    """Wan 2.1-style text-to-video: WanTransformer3DModel (2 layers), a tiny UMT5, the tiny Wan VAE, and
+    Wan 2.1's UniPC flow scheduler config (flow_shift 3)."""
+    from diffusers import UniPCMultistepScheduler, WanPipeline, WanTransformer3DModel
+
+    tokenizer = build_tokenizer()
+    torch.manual_seed(0)
+    transformer = WanTransformer3DModel(
+        patch_size=(1, 2, 2),
+        num_attention_heads=2,
+        attention_head_dim=16,
+        in_channels=4,
+        out_channels=4,
+        text_dim=32,  # the UMT5 hidden size
+        freq_dim=32,
+        ffn_dim=64,
+        num_layers=2,
+        rope_max_seq_len=32,
+    )
+    scheduler = UniPCMultistepScheduler(
+        prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0
+    )  # Wan2.1-T2V-1.3B's config
+    pipe = WanPipeline(
+        tokenizer=tokenizer,
+        text_encoder=_tiny_t5(tokenizer, 3, "UMT5Config", "UMT5EncoderModel"),
+        vae=build_tiny_wan_vae(z_dim=4),
+        scheduler=scheduler,
+        transformer=transformer,
+    )
+    pipe.save_pretrained(path)
+
+
+TINY_MODELS: dict[str, Callable[[Path], None]] = {
+    "tiny-sd3": build_tiny_sd3,
+    "tiny-flux": build_tiny_flux,
+    "tiny-wan": build_tiny_wan,
+}
 
 
 def resolve_model(name_or_path: str) -> str:

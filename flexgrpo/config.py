@@ -77,7 +77,7 @@ class PolicyConfig:
     width: int = 64  # image/video width in pixels
     num_frames: int = 1  # video frames (video families only)
     max_sequence_length: int = 77  # text tokens per prompt
-    distilled_guidance_scale: float = 3.5  # guidance-distilled models (FLUX.1-dev): the transformer's guidance input
+    distilled_guidance_scale: float = 3.5  # guidance-distilled models (FLUX.1-dev): the guidance input
     lora: LoraConfig = field(default_factory=LoraConfig)
 
 

@@ -14,7 +14,19 @@ def _sd3(cfg: PolicyConfig, device: torch.device | str) -> DiffusionPolicy:
     return SD3Policy(cfg, device)
 
 
-POLICY_FAMILIES = {"sd3": _sd3}
+def _flux(cfg: PolicyConfig, device: torch.device | str) -> DiffusionPolicy:
+    from actors.policies.flux import FluxPolicy
+
+    return FluxPolicy(cfg, device)
+
+
+def _wan(cfg: PolicyConfig, device: torch.device | str) -> DiffusionPolicy:
+    from actors.policies.wan import WanPolicy
+
+    return WanPolicy(cfg, device)
+
+
+POLICY_FAMILIES = {"sd3": _sd3, "flux": _flux, "wan": _wan}
 
 
 def check_family(family: str) -> None:

@@ -48,8 +48,13 @@ class DiffusionPolicy(Protocol):
 
 def load_pipeline(pipeline_cls: type, model: str, dtype: torch.dtype):
     """Load a diffusers pipeline from a folder or hub id; components saved as absent (null) stay absent."""
+    import diffusers
+    import transformers
+
     from actors.tiny_models import resolve_model
 
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.disable_progress_bar()
     path = resolve_model(model)
     absent = {}
     index = Path(path) / "model_index.json"
@@ -60,6 +65,20 @@ def load_pipeline(pipeline_cls: type, model: str, dtype: torch.dtype):
     pipe = pipeline_cls.from_pretrained(path, dtype=dtype, **absent)
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def scheduler_sigmas(scheduler, num_steps: int, **set_timesteps_kwargs) -> Tensor:
+    """The sigmas a pipeline's scheduler steps through for `num_steps` steps. -> [num_steps + 1] float32
+
+    A fresh scheduler from the pipeline's config, so no step cursor is shared. A first sigma nudged just
+    below 1 (UniPC does, to keep its log finite) is put back to 1, where the SDE std uses sigma_1.
+    """
+    fresh = type(scheduler).from_config(scheduler.config)
+    fresh.set_timesteps(num_steps, device="cpu", **set_timesteps_kwargs)
+    sigmas = torch.as_tensor(fresh.sigmas, dtype=torch.float32).clone()  # [num_steps + 1]
+    if 1 - sigmas[0] < 1e-5:
+        sigmas[0] = 1.0
+    return sigmas
 
 
 def add_lora(transformer: nn.Module, lora: LoraConfig) -> None:
@@ -133,3 +152,11 @@ def guided_velocity(
 def to_uint8(images: Tensor) -> Tensor:
     """Decoder output in [-1, 1] -> uint8 in [0, 255]."""
     return ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+
+
+@torch.no_grad()
+def decode_images(vae: nn.Module, latents: Tensor) -> Tensor:
+    """Image VAE (SD3, FLUX): latents [B, C, h, w] -> uint8 [B, H, W, 3], undoing the latent scale/shift."""
+    latents = latents / vae.config.scaling_factor + (vae.config.shift_factor or 0.0)
+    images = vae.decode(latents.to(vae.dtype), return_dict=False)[0]  # [B, 3, H, W] in [-1, 1]
+    return to_uint8(images).permute(0, 2, 3, 1).cpu()  # [B, H, W, 3]

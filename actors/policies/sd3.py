@@ -5,7 +5,13 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from actors.policies.base import TORCH_DTYPES, load_pipeline, prepare_transformer, to_uint8
+from actors.policies.base import (
+    TORCH_DTYPES,
+    decode_images,
+    load_pipeline,
+    prepare_transformer,
+    scheduler_sigmas,
+)
 from flexgrpo.config import PolicyConfig
 from flexgrpo.records import PromptEmbedding
 
@@ -51,15 +57,7 @@ class SD3Policy:
         return (channels, self.cfg.height // self._vae_scale, self.cfg.width // self._vae_scale)
 
     def schedule(self, num_steps: int) -> Tensor:
-        from diffusers import FlowMatchEulerDiscreteScheduler
+        return scheduler_sigmas(self.pipeline.scheduler, num_steps)
 
-        scheduler = FlowMatchEulerDiscreteScheduler.from_config(self.pipeline.scheduler.config)
-        scheduler.set_timesteps(num_steps, device="cpu")
-        return scheduler.sigmas.to(torch.float32)
-
-    @torch.no_grad()
     def decode(self, latents: Tensor) -> Tensor:
-        vae = self.pipeline.vae
-        latents = latents / vae.config.scaling_factor + (vae.config.shift_factor or 0.0)
-        images = vae.decode(latents.to(vae.dtype), return_dict=False)[0]  # [B, 3, H, W] in [-1, 1]
-        return to_uint8(images).permute(0, 2, 3, 1).cpu()  # [B, H, W, 3]
+        return decode_images(self.pipeline.vae, latents)
