@@ -77,13 +77,11 @@ def main(argv: list[str] | None = None) -> int:
 
     with logging_redirect_tqdm():
         summary = train(cfg)
-    first, last = (
-        summary.reward_means[: max(1, len(summary.reward_means) // 5)],
-        summary.reward_means[-max(1, len(summary.reward_means) // 5) :],
-    )
     print(f"run directory: {summary.run_dir}")
-    print(f"mean reward, first {len(first)} steps: {sum(first) / len(first):.4f}")
-    print(f"mean reward, last {len(last)} steps:  {sum(last) / len(last):.4f}")
+    means, k = summary.reward_means, max(1, len(summary.reward_means) // 5)
+    if means:
+        print(f"mean reward, first {k} steps: {sum(means[:k]) / k:.4f}")
+        print(f"mean reward, last {k} steps:  {sum(means[-k:]) / k:.4f}")
     if summary.lora_dir:
         print(f"LoRA (diffusers format): {summary.lora_dir}")
     return 0

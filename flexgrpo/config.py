@@ -29,6 +29,8 @@ class RunConfig:
     output_dir: str = "runs"  # parent folder of run directories
     seed: int = 0  # run seed: sample noise derives from (seed, group id, sample index)
     num_steps: int = 30  # learner steps (GRPO updates) to run
+    checkpoint_every: int = 0  # checkpoint every N steps (0: only at the end, on SIGTERM and on command)
+    resume: bool = True  # continue from the run directory's latest checkpoint when there is one
 
 
 @dataclass
@@ -225,6 +227,7 @@ def _positive(key: str, value: float, *, allow_zero: bool = False) -> None:
 def validate(cfg: Config) -> None:
     """Reject values that cannot run, naming the key. Names of swappable parts are checked by their tables."""
     _positive("run.num_steps", cfg.run.num_steps)
+    _positive("run.checkpoint_every", cfg.run.checkpoint_every, allow_zero=True)
     _one_of("policy.dtype", cfg.policy.dtype, DTYPES)
     for key in ("height", "width", "num_frames", "max_sequence_length"):
         _positive(f"policy.{key}", getattr(cfg.policy, key))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
+import signal
 import time
 from collections import deque
 from contextlib import ExitStack, contextmanager
@@ -18,9 +19,10 @@ import ray
 import torch
 from tqdm import tqdm
 
+from flexgrpo.checkpoints import RunState, checkpoint_folder, latest_checkpoint, read_run_state, write_run_state
 from flexgrpo.config import Config, RewardSpec, config_from_dict, to_dict, to_yaml
 from flexgrpo.control_plane import Command, ControlPlane
-from flexgrpo.metrics import MetricsLogger
+from flexgrpo.metrics import MetricsLogger, read_metrics
 from flexgrpo.net import free_port
 from flexgrpo.prompts import groups_for_step, load_prompts
 from flexgrpo.records import ScoredGroup, TrajectoryGroup
@@ -53,8 +55,8 @@ class InflightStep:
 @dataclass
 class RunSummary:
     run_dir: Path
-    steps: int
-    reward_means: list[float]
+    steps: int  # steps in the run's metrics (a resumed run counts the steps before it too)
+    reward_means: list[float]  # per step
     lora_dir: Path | None
 
 
@@ -114,7 +116,9 @@ class TrainingLoop:
         self.pending_swaps: list = []  # ObjectRefs of reward swaps in progress
         self.weight_header = ray.get(roles.learner.actors[0].weight_header.remote())
         self.timings: dict[str, float] = {}
-        self.stop_requested = False
+        self.start_step = 0
+        self.stop_requested = False  # set by the stop command and SIGTERM: checkpoint, then end
+        self.checkpoint_requested = False  # set by the checkpoint command
 
     @contextmanager
     def timed(self, phase: str):
@@ -122,16 +126,19 @@ class TrainingLoop:
         yield
         self.timings[f"timing/{phase}"] = time.perf_counter() - start
 
-    def run(self) -> list[float]:
+    def run(self) -> None:
         cfg = self.cfg
         inflight: deque[InflightStep] = deque()
-        reward_means = []
         self.control.update_run(status="running")
-        bar = tqdm(range(cfg.run.num_steps), desc="grpo", unit="step", dynamic_ncols=True)
+        steps = range(self.start_step, cfg.run.num_steps)
+        bar = tqdm(
+            steps, desc="grpo", unit="step", dynamic_ncols=True, initial=self.start_step, total=cfg.run.num_steps
+        )
+        next_step = self.start_step
         for step in bar:
             self.handle_commands()
             if self.stop_requested:
-                log.info("stop requested: ending after %d steps", step)
+                log.info("stop requested: ending before step %d", step)
                 break
             step_start = time.perf_counter()
             # Sampling may run ahead of training by max_staleness steps (0: synchronous Flow-GRPO).
@@ -153,7 +160,6 @@ class TrainingLoop:
                 self.sync_weights(wait=cfg.grpo.max_staleness == 0)
             metrics |= self.timings
             metrics["timing/step"] = time.perf_counter() - step_start
-            reward_means.append(metrics["reward_mean"])
             self.logger.log(step, metrics)
             self.control.publish_metrics(step, metrics)
             self.control.update_run(
@@ -163,6 +169,10 @@ class TrainingLoop:
                 self.logger.log_samples(
                     step, [m.media for m in ray.get(current.media)], [t.prompt for t in trajectories]
                 )
+            next_step = step + 1
+            every = cfg.run.checkpoint_every
+            if self.checkpoint_requested or (every and next_step % every == 0 and next_step < cfg.run.num_steps):
+                self.checkpoint(next_step)
             bar.set_postfix(reward=f"{metrics['reward_mean']:.4f}", loss=f"{metrics['loss/loss']:.2e}")
             log.info(
                 "step %d/%d  reward %.4f  ratio %.6f  clip %.3f  grad %.3g  "
@@ -178,7 +188,7 @@ class TrainingLoop:
                 metrics["timing/train"],
                 metrics["timing/sync"],
             )
-        return reward_means
+        self.checkpoint(next_step)
 
     def submit(self, step: int) -> InflightStep:
         """Hand a step's prompt groups to the rollout pool; each group goes to the reward pool as soon as sampled."""
@@ -266,8 +276,7 @@ class TrainingLoop:
             elif command.op == "stop":
                 self.stop_requested = True
             elif command.op == "checkpoint":
-                path = self.save_lora(self.run_dir / "checkpoints" / f"version_{self.policy_version:05d}")
-                log.info("saved %s", path)
+                self.checkpoint_requested = True
             elif command.op == "pause":
                 self.wait_for_resume()
 
@@ -311,6 +320,38 @@ class TrainingLoop:
             time.sleep(0.5)
         self.control.update_run(status="running")
 
+    def checkpoint(self, next_step: int) -> Path:
+        """Learner state (every rank), the LoRA, then the run state and the `latest` pointer."""
+        with self.timed("checkpoint"):
+            folder = checkpoint_folder(self.run_dir, next_step)
+            ray.get([a.save_checkpoint.remote(str(folder / "learner")) for a in self.roles.learner.actors])
+            if self.cfg.policy.lora.enabled:
+                self.save_lora(folder / "lora")
+            specs = {str(v): [to_dict_spec(r) for r in rs] for v, rs in self.reward_specs.items()}
+            write_run_state(folder, RunState(next_step, self.policy_version, specs))
+        self.checkpoint_requested = False
+        log.info("checkpoint %s (%.1fs)", folder, self.timings["timing/checkpoint"])
+        return folder
+
+    def restore(self, folder: Path) -> None:
+        """Continue from a checkpoint: learner state, step, versions, the reward spec; the actors get the weights."""
+        state = read_run_state(folder)
+        versions = ray.get([a.load_checkpoint.remote(str(folder / "learner")) for a in self.roles.learner.actors])
+        assert set(versions) == {state.policy_version}, f"learner ranks restored versions {versions}"
+        self.start_step, self.policy_version = state.step, state.policy_version
+        self.reward_specs = {
+            int(v): config_from_dict(to_dict(self.cfg) | {"rewards": specs}).rewards
+            for v, specs in state.reward_specs.items()
+        }
+        latest = max(self.reward_specs)
+        if latest:
+            ray.get([a.swap.remote(self.reward_specs[latest], latest) for a in self.roles.reward.actors])
+        self.sync_weights(wait=True)
+        self.logger.forget_from(self.start_step)
+        log.info(
+            "resumed from %s at step %d (policy v%d, reward v%d)", folder, self.start_step, self.policy_version, latest
+        )
+
     def save_lora(self, folder: Path) -> Path:
         return ray.get(self.roles.learner.actors[0].save_lora.remote(str(folder)))
 
@@ -323,6 +364,21 @@ def split_evenly(items: list, n: int) -> list[list]:
     """Contiguous shards of equal size (the learner checks the sizes divide evenly)."""
     size = math.ceil(len(items) / n)
     return [items[i * size : (i + 1) * size] for i in range(n)]
+
+
+@contextmanager
+def stop_on_sigterm(loop: TrainingLoop):
+    """Pre-emption: SIGTERM ends the loop at the next step boundary, after a checkpoint."""
+
+    def handler(signum, frame):
+        log.warning("SIGTERM: checkpointing and stopping")
+        loop.stop_requested = True
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def train(cfg: Config) -> RunSummary:
@@ -347,10 +403,15 @@ def train(cfg: Config) -> RunSummary:
             roles = build_roles(cfg)
             stack.callback(roles.shutdown)
             loop = TrainingLoop(cfg, roles, control, logger, run_dir)
-            reward_means = loop.run()
+            checkpoint = latest_checkpoint(run_dir) if cfg.run.resume else None
+            if checkpoint is not None:
+                loop.restore(checkpoint)
+            stack.enter_context(stop_on_sigterm(loop))
+            loop.run()
             lora_dir = loop.save_lora(run_dir / "lora") if cfg.policy.lora.enabled else None
         except BaseException:
             control.update_run(status="failed")
             raise
         control.update_run(status="finished")
+    reward_means = [row["reward_mean"] for row in read_metrics(run_dir)]
     return RunSummary(run_dir, len(reward_means), reward_means, lora_dir)

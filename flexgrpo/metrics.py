@@ -20,6 +20,12 @@ def media_grid(rows: list[torch.Tensor]) -> np.ndarray:
     return torch.cat([torch.cat(list(r), dim=1) for r in padded], dim=0).numpy()
 
 
+def read_metrics(run_dir: Path) -> list[dict]:
+    """The rows of a run's metrics.jsonl, in order."""
+    path = run_dir / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()] if path.exists() else []
+
+
 class MetricsLogger:
     def __init__(self, run_dir: Path, cfg: LoggingConfig) -> None:
         self.run_dir = run_dir
@@ -30,6 +36,14 @@ class MetricsLogger:
             from torch.utils.tensorboard import SummaryWriter
 
             self._tb = SummaryWriter(str(run_dir / "tensorboard"))
+
+    def forget_from(self, step: int) -> None:
+        """Drop metrics rows of `step` and later (a resumed run redoes those steps)."""
+        self._jsonl.close()
+        path = self.run_dir / "metrics.jsonl"
+        kept = [row for row in read_metrics(self.run_dir) if row["step"] < step]
+        path.write_text("".join(json.dumps(row) + "\n" for row in kept), encoding="utf-8")
+        self._jsonl = open(path, "a", encoding="utf-8")
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
         self._jsonl.write(json.dumps({"step": step} | metrics) + "\n")

@@ -207,6 +207,18 @@ class GRPOLearner:
         type(self.policy.pipeline).save_lora_weights(folder, transformer_lora_layers=layers)
         return Path(folder)
 
+    def save_checkpoint(self, folder: str | Path) -> None:
+        """DeepSpeed state (weights, optimizer, schedulers) and the policy version; every rank must call it."""
+        self.engine.save_checkpoint(str(folder), tag="state", client_state={"version": self.version})
+
+    def load_checkpoint(self, folder: str | Path) -> int:
+        """Restore what `save_checkpoint` wrote; returns the restored policy version."""
+        path, client_state = self.engine.load_checkpoint(str(folder), tag="state")
+        if path is None:
+            raise FileNotFoundError(f"no learner checkpoint in {folder}")
+        self.version = int(client_state["version"])
+        return self.version
+
     def _gathered(self):
         if self.engine.zero_optimization_stage() == 3:
             import deepspeed

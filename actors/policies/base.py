@@ -86,14 +86,16 @@ def add_lora(transformer: nn.Module, lora: LoraConfig) -> None:
     from peft import LoraConfig as PeftLoraConfig
 
     transformer.requires_grad_(False)
-    transformer.add_adapter(
-        PeftLoraConfig(
-            r=lora.rank,
-            lora_alpha=lora.alpha,
-            init_lora_weights="gaussian",
-            target_modules=list(lora.target_modules),
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)  # every role (learner ranks, rollout workers) builds the same initial adapter
+        transformer.add_adapter(
+            PeftLoraConfig(
+                r=lora.rank,
+                lora_alpha=lora.alpha,
+                init_lora_weights="gaussian",
+                target_modules=list(lora.target_modules),
+            )
         )
-    )
     for p in transformer.parameters():
         if p.requires_grad:
             p.data = p.data.float()  # adapters train in fp32 whatever the base dtype
