@@ -13,6 +13,7 @@ from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from flexgrpo.config import ClusterConfig, ConfigError, PoolConfig
+from flexgrpo.net import free_port, node_ip
 
 # Passed to every actor so that caches and logs land where the driver's do.
 FORWARDED_ENV = (
@@ -57,47 +58,60 @@ def _check_pools_fit(cfg: ClusterConfig) -> None:
         raise ConfigError(f"the pools need {wanted:g} GPUs but the Ray cluster at {cfg.address} has {available:g}")
 
 
+@ray.remote(num_cpus=0)
+def _rendezvous_address() -> tuple[str, int]:
+    return node_ip(), free_port()
+
+
 class RoleGroup:
     """N actors of one role class, one per bundle of a placement group (a pool).
 
-    The class is a plain Python class; it becomes a Ray actor here. Call methods by reference:
-    `[a.sample.remote(g) for a in group.actors]`. With max_concurrency > 1 the actor runs that many calls at
-    once in threads (the class must be thread-safe, as the reward worker is for swaps during scoring).
+    The pool is reserved first; `spawn` then starts the actors, so a rendezvous address on the node of bundle 0
+    can be handed to them at construction (DeepSpeed's master). The class is a plain Python class; it becomes a
+    Ray actor here. Call methods by reference: `[a.sample.remote(g) for a in group.actors]`. With
+    max_concurrency > 1 an actor runs that many calls at once in threads (the class must be thread-safe, as
+    the reward worker is for swaps during scoring).
     """
 
-    def __init__(
+    def __init__(self, pool: PoolConfig, *, name: str) -> None:
+        self.bundle: dict[str, float] = {"CPU": pool.cpus_per_worker or 0.01}  # a bundle may not be empty
+        if pool.gpus_per_worker > 0:
+            self.bundle["GPU"] = pool.gpus_per_worker
+        self.name, self.size = name, pool.num_workers
+        self.placement_group = placement_group(
+            [dict(self.bundle) for _ in range(pool.num_workers)], strategy="PACK", name=f"{name}-pool"
+        )
+        ray.get(self.placement_group.ready(), timeout=300)
+        self.actors: list = []
+
+    def rendezvous_address(self) -> tuple[str, int]:
+        """(IP, free port) on the node that holds bundle 0."""
+        strategy = PlacementGroupSchedulingStrategy(self.placement_group, 0)
+        return ray.get(_rendezvous_address.options(scheduling_strategy=strategy).remote())
+
+    def spawn(
         self,
         cls: type,
-        pool: PoolConfig,
         *,
-        name: str,
         args: tuple = (),
         kwargs_per_rank: list[dict[str, Any]] | None = None,
         max_restarts: int = 0,
         max_concurrency: int = 1,
-    ) -> None:
-        bundle: dict[str, float] = {}
-        if pool.gpus_per_worker > 0:
-            bundle["GPU"] = pool.gpus_per_worker
-        bundle["CPU"] = pool.cpus_per_worker or 0.01  # a bundle may not be empty
-        self.name = name
-        self.placement_group = placement_group(
-            [dict(bundle) for _ in range(pool.num_workers)], strategy="PACK", name=f"{name}-pool"
-        )
-        ray.get(self.placement_group.ready(), timeout=300)
+    ) -> RoleGroup:
         remote_cls = ray.remote(cls)
         self.actors = [
             remote_cls.options(
-                name=f"{name}-{rank}",
-                num_cpus=bundle["CPU"],
-                num_gpus=bundle.get("GPU", 0),
+                name=f"{self.name}-{rank}",
+                num_cpus=self.bundle["CPU"],
+                num_gpus=self.bundle.get("GPU", 0),
                 max_restarts=max_restarts,
                 max_task_retries=0,
                 max_concurrency=max_concurrency,
                 scheduling_strategy=PlacementGroupSchedulingStrategy(self.placement_group, rank),
             ).remote(*args, **(kwargs_per_rank[rank] if kwargs_per_rank else {}))
-            for rank in range(pool.num_workers)
+            for rank in range(self.size)
         ]
+        return self
 
     def __len__(self) -> int:
         return len(self.actors)

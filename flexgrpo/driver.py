@@ -23,7 +23,6 @@ from flexgrpo.checkpoints import RunState, checkpoint_folder, latest_checkpoint,
 from flexgrpo.config import Config, RewardSpec, config_from_dict, to_dict, to_yaml
 from flexgrpo.control_plane import Command, ControlPlane
 from flexgrpo.metrics import MetricsLogger, read_metrics
-from flexgrpo.net import free_port
 from flexgrpo.prompts import groups_for_step, load_prompts
 from flexgrpo.records import ScoredGroup, TrajectoryGroup
 
@@ -77,29 +76,31 @@ def build_roles(cfg: Config) -> Roles:
     from reward_workers.reward_worker import RewardWorker
 
     c = cfg.cluster
-    rollout = RoleGroup(
+    rollout = RoleGroup(c.rollout, name="rollout").spawn(
         RolloutWorker,
-        c.rollout,
-        name="rollout",
         args=(cfg.policy, cfg.sampler),
         kwargs_per_rank=[{"run_seed": cfg.run.seed}] * c.rollout.num_workers,
         max_restarts=3,
     )
-    reward = RoleGroup(
-        RewardWorker, c.reward, name="reward", args=(cfg.rewards,), max_restarts=3, max_concurrency=2
-    )  # a reward swap builds its models while scoring goes on
-    master = {"master_addr": "127.0.0.1", "master_port": free_port()}
-    learner = RoleGroup(
+    reward = RoleGroup(c.reward, name="reward").spawn(
+        RewardWorker,
+        args=(cfg.rewards,),
+        max_restarts=3,
+        max_concurrency=2,  # swaps build while scoring goes on
+    )
+    learner = RoleGroup(c.learner, name="learner")
+    master_addr, master_port = learner.rendezvous_address()  # DeepSpeed's rendezvous, on rank 0's node
+    learner.spawn(
         GRPOLearner,
-        c.learner,
-        name="learner",
         args=(cfg.policy, cfg.sampler, cfg.grpo, cfg.learner),
         kwargs_per_rank=[
-            {"rank": r, "world_size": c.learner.num_workers} | master for r in range(c.learner.num_workers)
+            {"rank": r, "world_size": c.learner.num_workers, "master_addr": master_addr, "master_port": master_port}
+            for r in range(c.learner.num_workers)
         ],
     )
     # Weight sync: learner rank 0 is rank 0, rollout workers are 1..N, on a group of their own.
-    host, port, world = "127.0.0.1", free_port(), 1 + len(rollout)
+    host, port = learner.rendezvous_address()
+    world = 1 + len(rollout)
     ray.get(
         [learner.actors[0].join_weight_sync.remote(host, port, world)]
         + [w.join_weight_sync.remote(host, port, 1 + i, world) for i, w in enumerate(rollout.actors)]
