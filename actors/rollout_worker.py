@@ -23,6 +23,10 @@ class RolloutWorker:
         self.version = 0
         self._sync: WeightSyncGroup | None = None
 
+    def ready(self) -> int:
+        """Answers once the actor is up (after a restart too); returns its current version."""
+        return self.version
+
     def sample(self, group: PromptGroup) -> tuple[TrajectoryGroup, MediaGroup]:
         """Sample one group at the current policy version (a group never mixes versions)."""
         return sample_group(self.policy, group, self.sampler_cfg, run_seed=self.run_seed, policy_version=self.version)

@@ -27,6 +27,7 @@ from flexgrpo.prompts import groups_for_step, load_prompts
 from flexgrpo.records import ScoredGroup, TrajectoryGroup
 
 log = logging.getLogger("flexgrpo")
+MAX_RECOVERIES_PER_STEP = 3
 
 
 @dataclass
@@ -98,14 +99,33 @@ def build_roles(cfg: Config) -> Roles:
             for r in range(c.learner.num_workers)
         ],
     )
-    # Weight sync: learner rank 0 is rank 0, rollout workers are 1..N, on a group of their own.
-    host, port = learner.rendezvous_address()
-    world = 1 + len(rollout)
+    roles = Roles(rollout, reward, learner)
+    connect_weight_sync(roles)
+    return roles
+
+
+def wait_until_ready(actors: list, timeout_s: float) -> None:
+    """Block until every actor answers (a restarting actor refuses calls until its constructor has run)."""
+    deadline = time.monotonic() + timeout_s
+    for actor in actors:
+        while True:
+            try:
+                ray.get(actor.ready.remote(), timeout=max(1.0, deadline - time.monotonic()))
+                break
+            except ray.exceptions.ActorUnavailableError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+
+
+def connect_weight_sync(roles: Roles) -> None:
+    """A fresh weight-sync group: learner rank 0 is rank 0, rollout workers are 1..N, on a group of their own."""
+    host, port = roles.learner.rendezvous_address()
+    world = 1 + len(roles.rollout)
     ray.get(
-        [learner.actors[0].join_weight_sync.remote(host, port, world)]
-        + [w.join_weight_sync.remote(host, port, 1 + i, world) for i, w in enumerate(rollout.actors)]
+        [roles.learner.actors[0].join_weight_sync.remote(host, port, world)]
+        + [w.join_weight_sync.remote(host, port, 1 + i, world) for i, w in enumerate(roles.rollout.actors)]
     )
-    return Roles(rollout, reward, learner)
 
 
 class TrainingLoop:
@@ -118,6 +138,7 @@ class TrainingLoop:
         self.weight_header = ray.get(roles.learner.actors[0].weight_header.remote())
         self.timings: dict[str, float] = {}
         self.start_step = 0
+        self.recoveries = 0  # times a dead rollout or reward actor was replaced
         self.stop_requested = False  # set by the stop command and SIGTERM: checkpoint, then end
         self.checkpoint_requested = False  # set by the checkpoint command
 
@@ -147,11 +168,7 @@ class TrainingLoop:
                 not inflight or inflight[-1].step + 1 < cfg.run.num_steps
             ):
                 inflight.append(self.submit(inflight[-1].step + 1 if inflight else step))
-            current = inflight.popleft()
-            with self.timed("rollout"):
-                trajectories: list[TrajectoryGroup] = ray.get(current.trajectories)
-            with self.timed("reward"):
-                scored: list[ScoredGroup] = ray.get(current.scores)
+            current, trajectories, scored = self.collect(inflight)
             self.control.mark_groups([s.group_id for s in scored], "scored")
             metrics = self.step_metrics(trajectories, scored)  # before training: staleness vs the learner now
             with self.timed("train"):
@@ -190,6 +207,37 @@ class TrainingLoop:
                 metrics["timing/sync"],
             )
         self.checkpoint(next_step)
+
+    def collect(self, inflight: deque[InflightStep]) -> tuple[InflightStep, list[TrajectoryGroup], list[ScoredGroup]]:
+        """Wait for the oldest step's groups and scores. A rollout or reward actor that dies costs its work:
+        Ray restarts it, the weights are sent again, and every step in flight is sampled again (same groups)."""
+        for _ in range(MAX_RECOVERIES_PER_STEP):
+            current = inflight[0]
+            try:
+                with self.timed("rollout"):
+                    trajectories: list[TrajectoryGroup] = ray.get(current.trajectories)
+                with self.timed("reward"):
+                    scored: list[ScoredGroup] = ray.get(current.scores)
+                inflight.popleft()
+                return current, trajectories, scored
+            except ray.exceptions.RayActorError as err:
+                log.warning("lost a worker during step %d (%s): recovering", current.step, type(err).__name__)
+                self.recover()
+                steps = [s.step for s in inflight]
+                inflight.clear()
+                inflight.extend(self.submit(s) for s in steps)
+        raise RuntimeError(f"step {inflight[0].step} failed {MAX_RECOVERIES_PER_STEP} times in a row; giving up")
+
+    def recover(self) -> None:
+        """After Ray restarted a dead actor: wait for the pools, restore the reward spec, rebuild the weight-sync
+        group (it lost a member) and resend the current weights to every rollout worker."""
+        self.recoveries += 1
+        self.control.update_run(recoveries=self.recoveries)
+        wait_until_ready(self.roles.rollout.actors + self.roles.reward.actors, timeout_s=900)
+        latest = max(self.reward_specs)
+        ray.get([a.swap.remote(self.reward_specs[latest], latest) for a in self.roles.reward.actors])
+        connect_weight_sync(self.roles)
+        self.sync_weights(wait=True)
 
     def submit(self, step: int) -> InflightStep:
         """Hand a step's prompt groups to the rollout pool; each group goes to the reward pool as soon as sampled."""
@@ -255,6 +303,7 @@ class TrainingLoop:
             "reward/requests": float(sum(s.requests for s in scored)),
             "rollout/staleness": float(self.policy_version - min(t.policy_version for t in trajectories)),
             "rollout/samples": float(rewards.numel()),
+            "system/recoveries": float(self.recoveries),
         }
         for name in scored[0].components:
             metrics[f"reward/{name}"] = (

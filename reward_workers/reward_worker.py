@@ -42,6 +42,10 @@ class RewardWorker:
             model.close()
         return version
 
+    def ready(self) -> int:
+        """Answers once the actor is up (after a restart too); returns its current version."""
+        return self.version
+
     def score(self, group: MediaGroup) -> ScoredGroup:
         with self._lock:
             return self._score(group)
