@@ -104,7 +104,20 @@ def test_eval_is_fixed_seed_ode_at_the_policy_resolution(family, worker):
     assert first.media.shape == _media_shape(cfg, 2) and first.media.dtype == torch.uint8
     assert torch.equal(first.media, again.media)  # deterministic: no sampler noise, seeds fixed
     assert not torch.equal(first.media[0], first.media[1])  # distinct seeds per sample
-    assert not torch.equal(first.media, rollout.evaluate(PromptGroup("eval-1", "a small house", 2, seed=8)).media)
+    other_seed = rollout.evaluate(PromptGroup("eval-1", "a small house", 2, seed=8))
+    assert not torch.equal(first.media, other_seed.media)
     fewer_steps = family_config(family, "sampler.eval_num_steps=2").sampler
     coarse = sample_eval_group(rollout.policy, group, fewer_steps, run_seed=0, policy_version=0)
     assert not torch.equal(first.media, coarse.media)  # eval_num_steps sets the ODE's steps
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize(("dtype", "bound"), [("fp32", 1e-5), ("bf16", BF16_BOUND)])
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_on_cuda_recorded_logprob_equals_learner_density(family, dtype, bound):
+    cfg = family_config(family, *SAMPLERS["sde-cfg"], f"policy.dtype={dtype}")
+    rollout = RolloutWorker(cfg.policy, cfg.sampler, run_seed=0)
+    assert rollout.device.type == "cuda"
+    trajectory, _ = rollout.sample(PromptGroup("g0", "a red cat on a blue sky", 4, seed=11))
+    assert _max_ratio_deviation(_learner(cfg), trajectory) < bound

@@ -1,5 +1,5 @@
-"""The real recipes (SD3.5-M, FLUX.1-dev, Wan 2.1 with UnifiedReward-Flex) pass config validation, name a known
-policy family and reward, and fit one 8-GPU node; no weights are loaded."""
+"""The real recipes (SD3.5-M, FLUX.1-dev, Wan 2.1 with UnifiedReward-Flex) pass config validation, name a
+known policy family and reward, and fit one 8-GPU node; no weights are loaded."""
 
 from pathlib import Path
 
@@ -25,7 +25,8 @@ def test_recipe_loads_and_fits_one_node(recipe, family, model, steps, eval_steps
     check_family(cfg.policy.family)
     check_reward_specs(cfg.rewards)
     assert (cfg.policy.family, cfg.policy.model, cfg.policy.dtype) == (family, model, "bf16")
-    assert (cfg.sampler.num_steps, cfg.sampler.eval_num_steps, cfg.sampler.noise_level) == (steps, eval_steps, noise)
+    s = cfg.sampler
+    assert (s.num_steps, s.eval_num_steps, s.noise_level) == (steps, eval_steps, noise)
     assert cfg.grpo.group_size == group_size
     assert [(r.name, r.model) for r in cfg.rewards] == [
         ("unifiedreward_flex", "CodeGoat24/UnifiedReward-Flex-qwen3vl-8b")

@@ -1,6 +1,6 @@
-"""The tiny Wan video policy trains end to end in one process: a rollout worker samples videos, a reward worker
-scores them (JPEG compressibility of the frames), the DeepSpeed learner takes GRPO steps, and the packed weights
-flow back to the worker, whose LoRA weights change and whose evaluation videos change with them."""
+"""The tiny Wan video policy trains end to end in one process: a rollout worker samples videos, a reward
+worker scores them (JPEG compressibility of the frames), the DeepSpeed learner takes GRPO steps, and the
+packed weights flow back to the worker, whose LoRA weights change and whose evaluation videos change too."""
 
 import torch
 
@@ -16,7 +16,8 @@ from tests.conftest import tiny_config
 
 def test_tiny_wan_trains_grpo_steps_and_its_lora_moves():
     cfg = tiny_config(
-        "policy.family=wan", "policy.model=tiny-wan", "policy.num_frames=5", "policy.height=32", "policy.width=32",
+        "policy.family=wan", "policy.model=tiny-wan", "policy.num_frames=5",
+        "policy.height=32", "policy.width=32",
         "grpo.group_size=4", "grpo.groups_per_step=2", "sampler.num_steps=4", "sampler.eval_num_steps=6",
         "learner.lr=0.05",
     )
@@ -28,7 +29,8 @@ def test_tiny_wan_trains_grpo_steps_and_its_lora_moves():
     lora_before = rollout.trainable_state()
 
     for step in range(3):
-        groups = [PromptGroup(f"s{step}-g{i}", p, 4, seed=10 * step + i) for i, p in enumerate(["a cat", "a car"])]
+        prompts = ["a cat", "a car"]
+        groups = [PromptGroup(f"s{step}-g{i}", p, 4, seed=10 * step + i) for i, p in enumerate(prompts)]
         trajectories, scored = [], []
         for group in groups:
             trajectory, media = rollout.sample(group)

@@ -19,13 +19,16 @@ from flexgrpo.records import PromptEmbedding
 class SD3Policy:
     family = "sd3"
 
-    def __init__(self, cfg: PolicyConfig, device: torch.device | str = "cpu") -> None:
+    def __init__(self, cfg: PolicyConfig, device: torch.device | str = "cpu", pipeline=None) -> None:
+        """pipeline: an already built StableDiffusion3Pipeline (benchmarks); None loads `cfg.model`."""
         from diffusers import StableDiffusion3Pipeline
 
         self.cfg = cfg
         self.device = torch.device(device)
         self.dtype = TORCH_DTYPES[cfg.dtype]
-        self.pipeline = load_pipeline(StableDiffusion3Pipeline, cfg.model, self.dtype).to(self.device)
+        if pipeline is None:
+            pipeline = load_pipeline(StableDiffusion3Pipeline, cfg.model, self.dtype)
+        self.pipeline = pipeline.to(self.device)
         self.transformer = self.pipeline.transformer
         prepare_transformer(self.transformer, cfg)
         self._vae_scale = self.pipeline.vae_scale_factor

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# The GPU checks in one go: install carried wheels (optional), run the GPU tests, run the sampler benchmark.
+#   scripts/gpu_check.sh [WHEEL_DIR]
+# WHEEL_DIR: a folder of wheels to install offline first (pip --no-index --find-links).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [[ $# -ge 1 ]]; then
+  if [[ ! -d "$1" ]]; then
+    echo "wheel folder '$1' does not exist" >&2
+    exit 2
+  fi
+  shopt -s nullglob
+  wheels=("$1"/*.whl)
+  if (( ${#wheels[@]} )); then
+    python -m pip install --no-index --find-links "$1" "${wheels[@]}"
+  fi
+fi
+
+export FLEXGRPO_CACHE="${FLEXGRPO_CACHE:-$PWD/.cache/flexgrpo}"
+python -c "import torch; assert torch.cuda.is_available(), 'no CUDA device visible'; print(torch.cuda.get_device_name())"
+
+echo "== GPU tests (pytest -m gpu)"
+python -m pytest -m gpu -q -p no:cacheprovider tests
+
+echo "== sampler overhead: flexgrpo SDE rollout vs diffusers Euler loop, SD3.5-M size, bf16, 512 px"
+python benchmarks/bench_sampler_overhead.py
