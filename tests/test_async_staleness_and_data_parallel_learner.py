@@ -10,8 +10,10 @@ import torch
 from cluster.embedded_redis import EmbeddedRedis
 from flexgrpo.config import to_dict
 from flexgrpo.control_plane import ControlPlane
-from flexgrpo.driver import TrainingLoop, build_roles, train
+from flexgrpo.driver import train
 from flexgrpo.metrics import MetricsLogger
+from flexgrpo.roles import build_roles
+from flexgrpo.training_loop import TrainingLoop
 from tests.conftest import tiny_config
 
 pytestmark = pytest.mark.slow

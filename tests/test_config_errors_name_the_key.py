@@ -41,7 +41,7 @@ def test_missing_recipe_file_is_named(tmp_path):
 
 
 def test_unknown_reward_and_family_are_rejected_listing_the_known_ones():
-    from flexgrpo.driver import check_names
+    from flexgrpo.roles import check_names
 
     with pytest.raises(ConfigError, match=r"rewards\[0\].name must be one of \[.*'jpeg_compressibility'.*got 'jpg'"):
         check_names(tiny_config("rewards=[{name: jpg}]"))
