@@ -52,16 +52,16 @@ class MetricsLogger:
             for key, value in metrics.items():
                 self._tb.add_scalar(key, value, step)
 
-    def log_samples(self, step: int, rows: list[torch.Tensor], captions: list[str]) -> Path:
-        """Save a grid of this step's samples (one row per group) as PNG, with its captions beside it."""
+    def log_samples(self, step: int, rows: list[torch.Tensor], captions: list[str], name: str = "step") -> Path:
+        """Save a grid of samples (one row per group) as samples/<name>_<step>.png, with its captions beside it."""
         grid = media_grid(rows)
         folder = self.run_dir / "samples"
         folder.mkdir(exist_ok=True)
-        path = folder / f"step_{step:05d}.png"
+        path = folder / f"{name}_{step:05d}.png"
         Image.fromarray(grid).save(path)
         path.with_suffix(".txt").write_text("\n".join(captions) + "\n", encoding="utf-8")
         if self._tb is not None:
-            self._tb.add_image("samples", grid, step, dataformats="HWC")
+            self._tb.add_image(f"samples/{name}", grid, step, dataformats="HWC")
         return path
 
     def close(self) -> None:

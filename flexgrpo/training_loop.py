@@ -16,11 +16,11 @@ import torch
 from tqdm import tqdm
 
 from flexgrpo.checkpoints import RunState, checkpoint_folder, read_run_state, write_run_state
-from flexgrpo.config import Config, RewardSpec, config_from_dict, to_dict
+from flexgrpo.config import Config, PromptsConfig, RewardSpec, config_from_dict, to_dict
 from flexgrpo.control_plane import Command, ControlPlane
 from flexgrpo.metrics import MetricsLogger
 from flexgrpo.prompts import groups_for_step, load_prompts
-from flexgrpo.records import ScoredGroup, TrajectoryGroup
+from flexgrpo.records import PromptGroup, ScoredGroup, TrajectoryGroup
 from flexgrpo.roles import Roles, connect_weight_sync, wait_until_ready
 
 log = logging.getLogger("flexgrpo")
@@ -42,6 +42,7 @@ class TrainingLoop:
     def __init__(self, cfg: Config, roles: Roles, control: ControlPlane, logger: MetricsLogger, run_dir: Path):
         self.cfg, self.roles, self.control, self.logger, self.run_dir = cfg, roles, control, logger, run_dir
         self.prompts = load_prompts(cfg.prompts)
+        self.eval_prompts = load_prompts(PromptsConfig(file=cfg.eval.prompts_file))[: cfg.eval.num_prompts]
         self.policy_version = 0
         self.reward_specs: dict[int, list[RewardSpec]] = {0: list(cfg.rewards)}  # reward version -> its spec
         self.pending_swaps: list = []  # ObjectRefs of reward swaps in progress
@@ -86,6 +87,8 @@ class TrainingLoop:
             self.control.mark_groups([s.group_id for s in scored], "trained")
             with self.timed("sync"):
                 self.sync_weights(wait=cfg.grpo.max_staleness == 0)
+            if self.wants_eval(step + 1):
+                metrics |= self.evaluate(step)
             metrics |= self.timings
             metrics["timing/step"] = time.perf_counter() - step_start
             self.logger.log(step, metrics)
@@ -226,6 +229,31 @@ class TrainingLoop:
         return (
             step == 0 or step == self.cfg.run.num_steps - 1 or self.stop_requested or (every > 0 and step % every == 0)
         )
+
+    def wants_eval(self, next_step: int) -> bool:
+        every = self.cfg.eval.every
+        return every > 0 and (next_step % every == 0 or next_step == self.cfg.run.num_steps)
+
+    def evaluate(self, step: int) -> dict[str, float]:
+        """ODE samples of the held-out prompts (fixed seeds, eval step count) at the current weights, scored by
+        the reward pool: `eval/` metrics and a grid of the samples."""
+        with self.timed("eval"):
+            groups = [
+                PromptGroup(f"eval-{i}", prompt, self.cfg.eval.samples_per_prompt, seed=i)
+                for i, prompt in enumerate(self.eval_prompts)
+            ]
+            rollout, reward = self.roles.rollout.actors, self.roles.reward.actors
+            media_refs = [rollout[i % len(rollout)].evaluate.remote(g) for i, g in enumerate(groups)]
+            scored = ray.get([reward[i % len(reward)].score.remote(m) for i, m in enumerate(media_refs)])
+        rewards = torch.cat([s.rewards for s in scored])
+        metrics = {
+            "eval/reward_mean": rewards.mean().item(),
+            "eval/reward_std": rewards.std().item() if rewards.numel() > 1 else 0.0,
+            "eval/unparsed": float(sum(s.unparsed for s in scored)),
+        }
+        self.logger.log_samples(step, [m.media for m in ray.get(media_refs)], self.eval_prompts, name="eval")
+        log.info("eval after step %d: reward %.4f", step + 1, metrics["eval/reward_mean"])
+        return metrics
 
     def handle_commands(self) -> None:
         self.check_swaps()

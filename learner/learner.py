@@ -89,14 +89,17 @@ class GRPOLearner:
             betas=tuple(learner_cfg.adam_betas),
             weight_decay=learner_cfg.weight_decay,
         )
+        # LoRA adapters already train in fp32 beside the low-precision base weights; DeepSpeed's mixed precision
+        # would cast them (and the parts diffusers keeps in fp32) down, and recomputed log-probs would drift.
+        mixed_precision = None if policy_cfg.lora.enabled else policy_cfg.dtype
         ds_config = {
             "train_micro_batch_size_per_gpu": self.micro_batch,
             "gradient_accumulation_steps": micro_batches,
             "gradient_clipping": learner_cfg.grad_clip,
             "zero_optimization": {"stage": learner_cfg.zero_stage},
             "zero_allow_untested_optimizer": True,
-            "bf16": {"enabled": policy_cfg.dtype == "bf16"},
-            "fp16": {"enabled": policy_cfg.dtype == "fp16"},
+            "bf16": {"enabled": mixed_precision == "bf16"},
+            "fp16": {"enabled": mixed_precision == "fp16"},
             "steps_per_print": 10**9,
         }
         self.engine, *_ = deepspeed.initialize(

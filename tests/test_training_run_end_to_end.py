@@ -88,3 +88,23 @@ def test_broadcast_makes_rollout_weights_equal_the_learners_bit_for_bit(ray_loca
             assert next_group.policy_version == 1
     finally:
         roles.shutdown()
+
+
+def test_evaluation_runs_on_schedule_with_fixed_seeds(ray_local, tmp_path):
+    cfg = tiny_config(
+        f"run.output_dir={tmp_path}",
+        "run.name=eval",
+        "run.num_steps=2",
+        "grpo.groups_per_step=1",
+        "grpo.group_size=4",
+        "eval.every=1",
+        "eval.num_prompts=2",
+        "eval.samples_per_prompt=2",
+        "learner.lr=0.05",
+    )
+    train(cfg)
+    rows = [json.loads(line) for line in (tmp_path / "eval" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [0, 1]
+    assert all("eval/reward_mean" in r and r["timing/eval"] > 0 for r in rows)
+    assert rows[0]["eval/reward_mean"] != rows[1]["eval/reward_mean"]  # same seeds, new weights
+    assert (tmp_path / "eval" / "samples" / "eval_00001.png").is_file()
