@@ -31,6 +31,12 @@ def _per_sample(value: Tensor, like: Tensor) -> Tensor:
     return value.to(torch.float32).reshape(-1, *([1] * (like.dim() - 1)))
 
 
+def _fp32(latents: Tensor, velocity: Tensor, sigma: Tensor, next_sigma: Tensor) -> tuple[Tensor, ...]:
+    """The step inputs in float32, sigmas shaped [B, 1, ..., 1] to broadcast against the latents."""
+    x = latents.to(torch.float32)
+    return x, velocity.to(torch.float32), _per_sample(sigma, x), _per_sample(next_sigma, x)
+
+
 def _mean_over_sample(x: Tensor) -> Tensor:
     return x.mean(dim=tuple(range(1, x.dim())))
 
@@ -61,10 +67,7 @@ def sde_step(
     next_latents: Tensor | None = None,
 ) -> StepResult:
     """Flow-GRPO SDE step. sigma_1 is the schedule's second sigma, used for the std at sigma = 1."""
-    x = latents.to(torch.float32)  # [B, *latent]
-    v = velocity.to(torch.float32)  # [B, *latent]
-    s = _per_sample(sigma, x)  # [B, 1...]
-    s_next = _per_sample(next_sigma, x)  # [B, 1...]
+    x, v, s, s_next = _fp32(latents, velocity, sigma, next_sigma)  # [B, *latent] x2, [B, 1...] x2
     dt = s_next - s  # [B, 1...] < 0
     std_t = noise_level * torch.sqrt(s / (1 - torch.where(s == 1, torch.full_like(s, sigma_1), s)))
     mean = x * (1 + std_t**2 * dt / (2 * s)) + v * (1 + std_t**2 * (1 - s) / (2 * s)) * dt
@@ -85,10 +88,7 @@ def cps_step(
     next_latents: Tensor | None = None,
 ) -> StepResult:
     """Coefficients-preserving step; its log-prob drops the constants: -(x' - mean)^2 averaged."""
-    x = latents.to(torch.float32)
-    v = velocity.to(torch.float32)
-    s = _per_sample(sigma, x)
-    s_next = _per_sample(next_sigma, x)
+    x, v, s, s_next = _fp32(latents, velocity, sigma, next_sigma)
     std = s_next * math.sin(noise_level * math.pi / 2)  # [B, 1...]
     x0 = x - s * v  # predicted clean sample
     x1 = x + (1 - s) * v  # predicted noise
@@ -109,10 +109,7 @@ def dance_step(
     next_latents: Tensor | None = None,
 ) -> StepResult:
     """DanceGRPO step with eta = noise_level: Euler step plus a score correction, std eta * sqrt(sigma - sigma')."""
-    x = latents.to(torch.float32)
-    v = velocity.to(torch.float32)
-    s = _per_sample(sigma, x)
-    s_next = _per_sample(next_sigma, x)
+    x, v, s, s_next = _fp32(latents, velocity, sigma, next_sigma)
     dsigma = s_next - s  # < 0
     x0 = x - s * v
     score = -(x - x0 * (1 - s)) / s**2

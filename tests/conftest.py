@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -33,3 +34,24 @@ def ray_local():
     ray.init(num_cpus=2, num_gpus=3, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()
+
+
+@contextmanager
+def training_loop(cfg: Config, run_dir: Path):
+    """The real roles of `cfg` on the session's Ray, with a TrainingLoop over an embedded Redis, for tests that
+    drive the phases one by one. The roles are shut down afterwards."""
+    from cluster.embedded_redis import EmbeddedRedis
+    from flexgrpo.config import to_dict
+    from flexgrpo.control_plane import ControlPlane
+    from flexgrpo.metrics import MetricsLogger
+    from flexgrpo.roles import build_roles
+    from flexgrpo.training_loop import TrainingLoop
+
+    roles = build_roles(cfg)
+    try:
+        with EmbeddedRedis(run_dir / "redis") as url, MetricsLogger(run_dir, cfg.logging) as logger:
+            control = ControlPlane(url, cfg.run.name)
+            control.register_run(to_dict(cfg))
+            yield TrainingLoop(cfg, roles, control, logger, run_dir)
+    finally:
+        roles.shutdown()

@@ -7,14 +7,8 @@ import pytest
 import ray
 import torch
 
-from cluster.embedded_redis import EmbeddedRedis
-from flexgrpo.config import to_dict
-from flexgrpo.control_plane import ControlPlane
 from flexgrpo.driver import train
-from flexgrpo.metrics import MetricsLogger
-from flexgrpo.roles import build_roles
-from flexgrpo.training_loop import TrainingLoop
-from tests.conftest import tiny_config
+from tests.conftest import tiny_config, training_loop
 
 pytestmark = pytest.mark.slow
 
@@ -50,18 +44,12 @@ def test_two_learner_ranks_keep_identical_replicas(ray_local, tmp_path):
         "learner.lr=0.05",
         "learner.zero_stage=2",
     )
-    roles = build_roles(cfg)
-    try:
-        with EmbeddedRedis(tmp_path / "redis") as url, MetricsLogger(tmp_path, cfg.logging) as logger:
-            control = ControlPlane(url, "dp")
-            control.register_run(to_dict(cfg))
-            loop = TrainingLoop(cfg, roles, control, logger, tmp_path)
-            step = loop.submit(0)
-            metrics = loop.train(ray.get(step.trajectories), ray.get(step.scores))
-            assert metrics["loss/micro_batches"] > 0
-            rank0, rank1 = ray.get([a.trainable_state.remote() for a in roles.learner.actors])
-            initial = ray.get(roles.rollout.actors[0].trainable_state.remote())
-            assert any(not torch.equal(rank0[n], initial[n]) for n in rank0), "the update moved the weights"
-            assert all(torch.equal(rank0[n], rank1[n]) for n in rank0), "ZeRO-2 ranks must agree after a step"
-    finally:
-        roles.shutdown()
+    with training_loop(cfg, tmp_path) as loop:
+        roles = loop.roles
+        step = loop.submit(0)
+        metrics = loop.train(ray.get(step.trajectories), ray.get(step.scores))
+        assert metrics["loss/micro_batches"] > 0
+        rank0, rank1 = ray.get([a.trainable_state.remote() for a in roles.learner.actors])
+        initial = ray.get(roles.rollout.actors[0].trainable_state.remote())
+        assert any(not torch.equal(rank0[n], initial[n]) for n in rank0), "the update moved the weights"
+        assert all(torch.equal(rank0[n], rank1[n]) for n in rank0), "ZeRO-2 ranks must agree after a step"

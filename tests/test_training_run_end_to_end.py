@@ -8,13 +8,9 @@ import ray
 import torch
 
 from cluster.embedded_redis import EmbeddedRedis
-from flexgrpo.config import to_dict
 from flexgrpo.control_plane import ControlPlane
 from flexgrpo.driver import train
-from flexgrpo.metrics import MetricsLogger
-from flexgrpo.roles import build_roles
-from flexgrpo.training_loop import TrainingLoop
-from tests.conftest import tiny_config
+from tests.conftest import tiny_config, training_loop
 
 pytestmark = pytest.mark.slow
 
@@ -67,27 +63,21 @@ def test_broadcast_makes_rollout_weights_equal_the_learners_bit_for_bit(ray_loca
     cfg = tiny_config(
         f"run.output_dir={tmp_path}", "run.name=sync", "grpo.groups_per_step=1", "grpo.group_size=4", "learner.lr=0.05"
     )
-    roles = build_roles(cfg)
-    try:
-        with EmbeddedRedis(tmp_path / "redis") as url, MetricsLogger(tmp_path, cfg.logging) as logger:
-            control = ControlPlane(url, "sync")
-            control.register_run(to_dict(cfg))
-            loop = TrainingLoop(cfg, roles, control, logger, tmp_path)
-            step = loop.submit(0)
-            trajectories, scored = ray.get(step.trajectories), ray.get(step.scores)
-            assert scored[0].rewards.shape == (4,) and scored[0].reward_version == 0
-            loop.train(trajectories, scored)
-            learner_state = ray.get(roles.learner.actors[0].trainable_state.remote())
-            rollout_before = ray.get(roles.rollout.actors[0].trainable_state.remote())
-            assert any(not torch.equal(learner_state[n], rollout_before[n]) for n in learner_state)
-            loop.sync_weights(wait=True)
-            rollout_after = ray.get(roles.rollout.actors[0].trainable_state.remote())
-            assert learner_state.keys() == rollout_after.keys()
-            assert all(torch.equal(learner_state[n], rollout_after[n]) for n in learner_state)
-            next_group = ray.get(loop.submit(1).trajectories)[0]
-            assert next_group.policy_version == 1
-    finally:
-        roles.shutdown()
+    with training_loop(cfg, tmp_path) as loop:
+        roles = loop.roles
+        step = loop.submit(0)
+        trajectories, scored = ray.get(step.trajectories), ray.get(step.scores)
+        assert scored[0].rewards.shape == (4,) and scored[0].reward_version == 0
+        loop.train(trajectories, scored)
+        learner_state = ray.get(roles.learner.actors[0].trainable_state.remote())
+        rollout_before = ray.get(roles.rollout.actors[0].trainable_state.remote())
+        assert any(not torch.equal(learner_state[n], rollout_before[n]) for n in learner_state)
+        loop.sync_weights(wait=True)
+        rollout_after = ray.get(roles.rollout.actors[0].trainable_state.remote())
+        assert learner_state.keys() == rollout_after.keys()
+        assert all(torch.equal(learner_state[n], rollout_after[n]) for n in learner_state)
+        next_group = ray.get(loop.submit(1).trajectories)[0]
+        assert next_group.policy_version == 1
 
 
 def test_evaluation_runs_on_schedule_with_fixed_seeds(ray_local, tmp_path):
