@@ -8,7 +8,7 @@ import math
 import time
 from collections import deque
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import ray
@@ -35,7 +35,6 @@ class InflightStep:
     trajectories: list  # ObjectRef[TrajectoryGroup] per group
     media: list  # ObjectRef[MediaGroup] per group
     scores: list  # ObjectRef[ScoredGroup] per group
-    submitted_at: float = field(default_factory=time.monotonic)
 
 
 class TrainingLoop:
@@ -52,6 +51,7 @@ class TrainingLoop:
         self.recoveries = 0  # times a dead rollout or reward actor was replaced
         self.stop_requested = False  # set by the stop command and SIGTERM: checkpoint, then end
         self.checkpoint_requested = False  # set by the checkpoint command
+        self.checkpointed_step = -1  # next step of the newest checkpoint written by this loop
 
     @contextmanager
     def timed(self, phase: str):
@@ -73,7 +73,7 @@ class TrainingLoop:
             if self.stop_requested:
                 log.info("stop requested: ending before step %d", step)
                 break
-            step_start = time.perf_counter()
+            step_start, self.timings = time.perf_counter(), {}
             # Sampling may run ahead of training by max_staleness steps (0: synchronous Flow-GRPO).
             while len(inflight) <= cfg.grpo.max_staleness and (
                 not inflight or inflight[-1].step + 1 < cfg.run.num_steps
@@ -91,35 +91,40 @@ class TrainingLoop:
                 metrics |= self.evaluate(step)
             metrics |= self.timings
             metrics["timing/step"] = time.perf_counter() - step_start
-            self.logger.log(step, metrics)
-            self.control.publish_metrics(step, metrics)
-            self.control.update_run(
-                step=step + 1, policy_version=self.policy_version, reward_version=int(metrics["reward/version"])
-            )
-            if self.wants_samples(step):
-                self.logger.log_samples(
-                    step, [m.media for m in ray.get(current.media)], [t.prompt for t in trajectories]
-                )
+            self.report(step, metrics, current, trajectories)
+            bar.set_postfix(reward=f"{metrics['reward_mean']:.4f}", loss=f"{metrics['loss/loss']:.2e}")
             next_step = step + 1
             every = cfg.run.checkpoint_every
             if self.checkpoint_requested or (every and next_step % every == 0 and next_step < cfg.run.num_steps):
                 self.checkpoint(next_step)
-            bar.set_postfix(reward=f"{metrics['reward_mean']:.4f}", loss=f"{metrics['loss/loss']:.2e}")
-            log.info(
-                "step %d/%d  reward %.4f  ratio %.6f  clip %.3f  grad %.3g  "
-                "rollout %.1fs reward %.1fs train %.1fs sync %.2fs",
-                step + 1,
-                cfg.run.num_steps,
-                metrics["reward_mean"],
-                metrics["loss/ratio_mean"],
-                metrics["loss/clip_frac"],
-                metrics["loss/grad_norm"],
-                metrics["timing/rollout"],
-                metrics["timing/reward"],
-                metrics["timing/train"],
-                metrics["timing/sync"],
-            )
-        self.checkpoint(next_step)
+        if self.checkpointed_step != next_step:
+            self.checkpoint(next_step)
+
+    def report(
+        self, step: int, metrics: dict[str, float], current: InflightStep, trajectories: list[TrajectoryGroup]
+    ) -> None:
+        """The step's metrics to metrics.jsonl, TensorBoard, Redis and a log line; a sample grid when due."""
+        self.logger.log(step, metrics)
+        self.control.publish_metrics(step, metrics)
+        self.control.update_run(
+            step=step + 1, policy_version=self.policy_version, reward_version=int(metrics["reward/version"])
+        )
+        if self.wants_samples(step):
+            self.logger.log_samples(step, [m.media for m in ray.get(current.media)], [t.prompt for t in trajectories])
+        log.info(
+            "step %d/%d  reward %.4f  ratio %.6f  clip %.3f  grad %.3g  rollout %.1fs reward %.1fs train %.1fs "
+            "sync %.2fs",
+            step + 1,
+            self.cfg.run.num_steps,
+            metrics["reward_mean"],
+            metrics["loss/ratio_mean"],
+            metrics["loss/clip_frac"],
+            metrics["loss/grad_norm"],
+            metrics["timing/rollout"],
+            metrics["timing/reward"],
+            metrics["timing/train"],
+            metrics["timing/sync"],
+        )
 
     def collect(self, inflight: deque[InflightStep]) -> tuple[InflightStep, list[TrajectoryGroup], list[ScoredGroup]]:
         """Wait for the oldest step's groups and scores. A rollout or reward actor that dies costs its work:
@@ -317,7 +322,7 @@ class TrainingLoop:
                 self.save_lora(folder / "lora")
             specs = {str(v): [to_dict_spec(r) for r in rs] for v, rs in self.reward_specs.items()}
             write_run_state(folder, RunState(next_step, self.policy_version, specs))
-        self.checkpoint_requested = False
+        self.checkpoint_requested, self.checkpointed_step = False, next_step
         log.info("checkpoint %s (%.1fs)", folder, self.timings["timing/checkpoint"])
         return folder
 
