@@ -13,11 +13,15 @@ from flexgrpo.config import LoggingConfig
 
 
 def media_grid(rows: list[torch.Tensor]) -> np.ndarray:
-    """One row per group: [G, H, W, 3] images, or [G, F, H, W, 3] videos (their first frames). -> [R*H, G*W, 3]"""
-    images = [r[:, 0] if r.dim() == 5 else r for r in rows]
-    width = max(r.shape[0] for r in images)
-    padded = [torch.cat([r, r.new_zeros((width - r.shape[0], *r.shape[1:]))]) for r in images]
-    return torch.cat([torch.cat(list(r), dim=1) for r in padded], dim=0).numpy()
+    """One row per group, one column per sample, padded with black.
+
+    rows: [G, H, W, 3] images -> [R*H, G*W, 3]; [G, F, H, W, 3] videos -> [F, R*H, G*W, 3] (a grid per frame).
+    """
+    videos = [r if r.dim() == 5 else r.unsqueeze(1) for r in rows]  # [G, F, H, W, 3]
+    width = max(r.shape[0] for r in videos)
+    padded = [torch.cat([r, r.new_zeros((width - r.shape[0], *r.shape[1:]))]) for r in videos]
+    grid = torch.cat([torch.cat(list(r), dim=2) for r in padded], dim=1)  # [F, R*H, G*W, 3]
+    return grid.numpy() if rows[0].dim() == 5 else grid[0].numpy()
 
 
 def read_metrics(run_dir: Path) -> list[dict]:
@@ -53,15 +57,20 @@ class MetricsLogger:
                 self._tb.add_scalar(key, value, step)
 
     def log_samples(self, step: int, rows: list[torch.Tensor], captions: list[str], name: str = "step") -> Path:
-        """Save a grid of samples (one row per group) as samples/<name>_<step>.png, with its captions beside it."""
+        """Save a grid of samples (one row per group) as samples/<name>_<step>.png (videos: their first frames,
+        and the whole videos as an animated .gif beside it), with the captions in a .txt beside it."""
         grid = media_grid(rows)
         folder = self.run_dir / "samples"
         folder.mkdir(exist_ok=True)
         path = folder / f"{name}_{step:05d}.png"
-        Image.fromarray(grid).save(path)
+        first = grid[0] if grid.ndim == 4 else grid
+        Image.fromarray(first).save(path)
+        if grid.ndim == 4:
+            frames = [Image.fromarray(frame) for frame in grid]
+            frames[0].save(path.with_suffix(".gif"), save_all=True, append_images=frames[1:], duration=125, loop=0)
         path.with_suffix(".txt").write_text("\n".join(captions) + "\n", encoding="utf-8")
         if self._tb is not None:
-            self._tb.add_image(f"samples/{name}", grid, step, dataformats="HWC")
+            self._tb.add_image(f"samples/{name}", first, step, dataformats="HWC")
         return path
 
     def close(self) -> None:
