@@ -73,6 +73,15 @@ class MetricsLogger:
             self._tb.add_image(f"samples/{name}", first, step, dataformats="HWC")
         return path
 
+    def log_judgements(self, step: int, details: dict[str, list[dict]]) -> Path | None:
+        """The judges' parsed replies of a step (group id -> details), beside that step's sample grid."""
+        if not details:
+            return None
+        path = self.run_dir / "samples" / f"step_{step:05d}.judgements.json"
+        path.parent.mkdir(exist_ok=True)
+        path.write_text(json.dumps(details, indent=1), encoding="utf-8")
+        return path
+
     def close(self) -> None:
         self._jsonl.close()
         if self._tb is not None:

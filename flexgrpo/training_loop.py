@@ -91,7 +91,7 @@ class TrainingLoop:
                 metrics |= self.evaluate(step)
             metrics |= self.timings
             metrics["timing/step"] = time.perf_counter() - step_start
-            self.report(step, metrics, current, trajectories)
+            self.report(step, metrics, current, trajectories, scored)
             bar.set_postfix(reward=f"{metrics['reward_mean']:.4f}", loss=f"{metrics['loss/loss']:.2e}")
             next_step = step + 1
             every = cfg.run.checkpoint_every
@@ -101,9 +101,15 @@ class TrainingLoop:
             self.checkpoint(next_step)
 
     def report(
-        self, step: int, metrics: dict[str, float], current: InflightStep, trajectories: list[TrajectoryGroup]
+        self,
+        step: int,
+        metrics: dict[str, float],
+        current: InflightStep,
+        trajectories: list[TrajectoryGroup],
+        scored: list[ScoredGroup],
     ) -> None:
-        """The step's metrics to metrics.jsonl, TensorBoard, Redis and a log line; a sample grid when due."""
+        """The step's metrics to metrics.jsonl, TensorBoard, Redis and a log line; when due, a sample grid with
+        the judges' parsed replies beside it."""
         self.logger.log(step, metrics)
         self.control.publish_metrics(step, metrics)
         self.control.update_run(
@@ -111,6 +117,7 @@ class TrainingLoop:
         )
         if self.wants_samples(step):
             self.logger.log_samples(step, [m.media for m in ray.get(current.media)], [t.prompt for t in trajectories])
+            self.logger.log_judgements(step, {s.group_id: s.details for s in scored if s.details})
         log.info(
             "step %d/%d  reward %.4f  ratio %.6f  clip %.3f  grad %.3g  rollout %.1fs reward %.1fs train %.1fs "
             "sync %.2fs",
@@ -219,6 +226,7 @@ class TrainingLoop:
             "reward/version": float(max(s.reward_version for s in scored)),
             "reward/unparsed": float(sum(s.unparsed for s in scored)),
             "reward/requests": float(sum(s.requests for s in scored)),
+            "reward/parse_rate": 1.0 - sum(s.unparsed for s in scored) / max(1, sum(s.requests for s in scored)),
             "rollout/staleness": float(self.policy_version - min(t.policy_version for t in trajectories)),
             "rollout/samples": float(rewards.numel()),
             "system/recoveries": float(self.recoveries),
