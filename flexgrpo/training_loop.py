@@ -8,7 +8,7 @@ import math
 import time
 from collections import deque
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import ray
@@ -295,7 +295,7 @@ class TrainingLoop:
         version = max(self.reward_specs) + 1
         self.reward_specs[version] = list(merged.rewards)
         self.pending_swaps += [a.swap.remote(merged.rewards, version) for a in self.roles.reward.actors]
-        self.control.update_run(reward_version_requested=version, rewards=[to_dict_spec(s) for s in merged.rewards])
+        self.control.update_run(reward_version_requested=version, rewards=[asdict(s) for s in merged.rewards])
 
     def check_swaps(self) -> None:
         """Report reward swaps that failed (the workers then keep their previous spec)."""
@@ -328,7 +328,7 @@ class TrainingLoop:
             ray.get([a.save_checkpoint.remote(str(folder / "learner")) for a in self.roles.learner.actors])
             if self.cfg.policy.lora.enabled:
                 self.save_lora(folder / "lora")
-            specs = {str(v): [to_dict_spec(r) for r in rs] for v, rs in self.reward_specs.items()}
+            specs = {str(v): [asdict(r) for r in rs] for v, rs in self.reward_specs.items()}
             write_run_state(folder, RunState(next_step, self.policy_version, specs))
         self.checkpoint_requested, self.checkpointed_step = False, next_step
         log.info("checkpoint %s (%.1fs)", folder, self.timings["timing/checkpoint"])
@@ -355,10 +355,6 @@ class TrainingLoop:
 
     def save_lora(self, folder: Path) -> Path:
         return ray.get(self.roles.learner.actors[0].save_lora.remote(str(folder)))
-
-
-def to_dict_spec(spec: RewardSpec) -> dict:
-    return {k: getattr(spec, k) for k in spec.__dataclass_fields__}
 
 
 def split_evenly(items: list, n: int) -> list[list]:

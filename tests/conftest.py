@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import threading
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -55,3 +57,31 @@ def training_loop(cfg: Config, run_dir: Path):
             yield TrainingLoop(cfg, roles, control, logger, run_dir)
     finally:
         roles.shutdown()
+
+
+@contextmanager
+def alongside(action):
+    """Run `action` in a thread while the body runs (a job, usually); re-raise what the action raised."""
+    errors: list[BaseException] = []
+
+    def target():
+        try:
+            action()
+        except BaseException as err:  # surfaced after the body
+            errors.append(err)
+
+    thread = threading.Thread(target=target)
+    thread.start()
+    yield
+    thread.join()
+    if errors:
+        raise errors[0]
+
+
+def wait_for_step(control, step: int, timeout_s: float = 300) -> None:
+    """Block until the run registry of `control` says the job finished `step` steps."""
+    deadline = time.monotonic() + timeout_s
+    while int(control.run_info().get("step", 0)) < step:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the run did not reach step {step} in {timeout_s:.0f} s")
+        time.sleep(0.02)

@@ -2,8 +2,6 @@
 driver re-sends the weights and re-queues the lost groups, and the job finishes every step on-policy."""
 
 import json
-import threading
-import time
 
 import pytest
 import ray
@@ -11,7 +9,7 @@ import ray
 from cluster.embedded_redis import EmbeddedRedis
 from flexgrpo.control_plane import ControlPlane
 from flexgrpo.driver import train
-from tests.conftest import tiny_config
+from tests.conftest import alongside, tiny_config, wait_for_step
 
 pytestmark = pytest.mark.slow
 
@@ -27,24 +25,14 @@ def test_killed_rollout_and_reward_actors_cost_only_their_work(ray_local, tmp_pa
             f"cluster.redis_url={url}",
         )
         control = ControlPlane(url, "faults")
-        errors = []
 
         def saboteur():
-            try:
-                for step, actor in ((2, "rollout-0"), (4, "reward-0")):
-                    deadline = time.monotonic() + 300
-                    while int(control.run_info().get("step", 0)) < step:
-                        assert time.monotonic() < deadline, f"run did not reach step {step}"
-                        time.sleep(0.02)
-                    ray.kill(ray.get_actor(actor), no_restart=False)  # the fault: the actor dies, Ray restarts it
-            except Exception as err:
-                errors.append(err)
+            for step, actor in ((2, "rollout-0"), (4, "reward-0")):
+                wait_for_step(control, step)
+                ray.kill(ray.get_actor(actor), no_restart=False)  # the fault: the actor dies, Ray restarts it
 
-        thread = threading.Thread(target=saboteur)
-        thread.start()
-        summary = train(cfg)
-        thread.join()
-        assert not errors
+        with alongside(saboteur):
+            summary = train(cfg)
         rows = [json.loads(line) for line in (tmp_path / "faults" / "metrics.jsonl").read_text().splitlines()]
         assert summary.steps == 6 and [r["step"] for r in rows] == list(range(6))
         assert rows[-1]["system/recoveries"] >= 1

@@ -27,7 +27,9 @@ def test_rayjob_entrypoint_loads(monkeypatch):
     assert cfg.cluster.address == "auto" and cfg.cluster.redis_url == "redis://:secret@redis:6379/0"
     workers = job["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]
     gpus = int(workers["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"])
-    wanted = sum(p.num_workers * p.gpus_per_worker for p in (cfg.cluster.rollout, cfg.cluster.reward, cfg.cluster.learner))
+    wanted = sum(
+        p.num_workers * p.gpus_per_worker for p in (cfg.cluster.rollout, cfg.cluster.reward, cfg.cluster.learner)
+    )
     assert wanted <= gpus * workers["replicas"]
 
 

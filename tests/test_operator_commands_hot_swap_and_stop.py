@@ -3,24 +3,15 @@ reward swap lands between steps (groups before and after carry their reward vers
 and stop ends the job cleanly."""
 
 import json
-import threading
-import time
 
 import pytest
 
 from cluster.embedded_redis import EmbeddedRedis
 from flexgrpo.control_plane import CommandError, ControlPlane
 from flexgrpo.driver import train
-from tests.conftest import tiny_config
+from tests.conftest import alongside, tiny_config, wait_for_step
 
 pytestmark = pytest.mark.slow
-
-
-def _when_step(control: ControlPlane, step: int, deadline: float) -> None:
-    while int(control.run_info().get("step", 0)) < step:
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"the run did not reach step {step}")
-        time.sleep(0.05)
 
 
 def test_swap_reward_mid_run_then_stop(ray_local, tmp_path):
@@ -34,25 +25,16 @@ def test_swap_reward_mid_run_then_stop(ray_local, tmp_path):
             f"cluster.redis_url={url}",
         )
         control = ControlPlane(url, "ops")
-        errors = []
 
         def operator():
-            try:
-                deadline = time.monotonic() + 240
-                _when_step(control, 2, deadline)
-                control.send_command("swap_reward", rewards=[{"name": "no_such_reward"}])
-                control.send_command("swap_reward", rewards=[{"name": "jpeg_incompressibility", "weight": 2.0}])
-                _when_step(control, 6, deadline)
-                control.send_command("stop")
-            except Exception as err:  # surfaced below
-                errors.append(err)
+            wait_for_step(control, 2)
+            control.send_command("swap_reward", rewards=[{"name": "no_such_reward"}])
+            control.send_command("swap_reward", rewards=[{"name": "jpeg_incompressibility", "weight": 2.0}])
+            wait_for_step(control, 6)
+            control.send_command("stop")
 
-        thread = threading.Thread(target=operator)
-        thread.start()
-        summary = train(cfg)
-        thread.join()
-        assert not errors
-
+        with alongside(operator):
+            summary = train(cfg)
         rows = [json.loads(line) for line in (tmp_path / "ops" / "metrics.jsonl").read_text().splitlines()]
         versions = [r["reward/version"] for r in rows]
         assert 6 <= len(rows) < 200, "stop should end the run early"
