@@ -116,6 +116,10 @@ class RoleGroup:
     def __len__(self) -> int:
         return len(self.actors)
 
+    @property
+    def actor_names(self) -> list[str]:
+        return [f"{self.name}-{rank}" for rank in range(len(self.actors))]
+
     def shutdown(self) -> None:
         for actor in self.actors:
             ray.kill(actor)

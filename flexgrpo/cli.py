@@ -46,7 +46,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     if args.cmd == "status":
-        print(json.dumps(_control(args.run_dir).run_info(), indent=2))
+        control = _control(args.run_dir)
+        info = control.run_info() | {"heartbeat_age_s": {w: round(a, 1) for w, a in control.heartbeat_ages().items()}}
+        print(json.dumps(info, indent=2))
         return 0
     if args.cmd == "command":
         extra = {}

@@ -60,13 +60,14 @@ class ControlPlane:
 
     # ---- workers --------------------------------------------------------------------------------------
 
-    def heartbeat(self, worker: str) -> None:
-        self.redis.hset(f"{self._key}:heartbeats", worker, time.time())
+    def heartbeat(self, *workers: str) -> None:
+        """Record that these workers (actor names: rollout-0, reward-1, learner-0, driver) answered just now."""
+        self.redis.hset(f"{self._key}:heartbeats", mapping=dict.fromkeys(workers, time.time()))
 
-    def stale_workers(self, max_age_s: float) -> list[str]:
+    def heartbeat_ages(self) -> dict[str, float]:
+        """Seconds since each worker's last heartbeat."""
         now = time.time()
-        beats = self.redis.hgetall(f"{self._key}:heartbeats")
-        return sorted(w for w, t in beats.items() if now - float(t) > max_age_s)
+        return {w: now - float(t) for w, t in sorted(self.redis.hgetall(f"{self._key}:heartbeats").items())}
 
     # ---- ledger ---------------------------------------------------------------------------------------
 

@@ -20,8 +20,12 @@ class Roles:
     reward: RoleGroup  # reward_workers.reward_worker.RewardWorker
     learner: RoleGroup  # learner.learner.GRPOLearner, one per DeepSpeed rank
 
+    @property
+    def groups(self) -> tuple[RoleGroup, ...]:
+        return (self.rollout, self.reward, self.learner)
+
     def shutdown(self) -> None:
-        for group in (self.rollout, self.reward, self.learner):
+        for group in self.groups:
             group.shutdown()
 
 

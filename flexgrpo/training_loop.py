@@ -85,6 +85,7 @@ class TrainingLoop:
             with self.timed("train"):
                 metrics |= self.train(trajectories, scored)
             self.control.mark_groups([s.group_id for s in scored], "trained")
+            self.control.heartbeat("driver", *(n for g in self.roles.groups for n in g.actor_names))
             with self.timed("sync"):
                 self.sync_weights(wait=cfg.grpo.max_staleness == 0)
             if self.wants_eval(step + 1):

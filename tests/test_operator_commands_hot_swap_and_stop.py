@@ -1,8 +1,9 @@
 """Operator commands through Redis while a real job runs: a bad reward spec is rejected without stopping it, a
 reward swap lands between steps (groups before and after carry their reward versions, training goes on),
-and stop ends the job cleanly."""
+pause holds the job until resume, and stop ends the job cleanly."""
 
 import json
+import time
 
 import pytest
 
@@ -31,6 +32,16 @@ def test_swap_reward_mid_run_then_stop(ray_local, tmp_path):
             control.send_command("swap_reward", rewards=[{"name": "no_such_reward"}])
             control.send_command("swap_reward", rewards=[{"name": "jpeg_incompressibility", "weight": 2.0}])
             wait_for_step(control, 6)
+            control.send_command("pause")
+            deadline = time.monotonic() + 60
+            while control.run_info()["status"] != "paused":
+                assert time.monotonic() < deadline, "the job did not pause"
+                time.sleep(0.02)
+            paused_at = int(control.run_info()["step"])
+            time.sleep(1.0)
+            assert int(control.run_info()["step"]) == paused_at, "a paused job takes no step"
+            control.send_command("resume")
+            wait_for_step(control, paused_at + 1)
             control.send_command("stop")
 
         with alongside(operator):

@@ -38,6 +38,8 @@ def test_run_writes_metrics_samples_lora_and_registry(ray_local, tmp_path):
         assert json.loads(info["config"])["grpo"]["group_size"] == 4
         assert set(control.group_states().values()) == {"trained"} and len(control.group_states()) == 6
         assert [m["step"] for m in control.read_metrics()] == [0, 1, 2]
+        beats = control.heartbeat_ages()
+        assert {"driver", "rollout-0", "reward-0", "learner-0"} <= beats.keys()
 
     # The saved LoRA loads into a plain diffusers pipeline and changes its transformer.
     from diffusers import StableDiffusion3Pipeline
