@@ -122,16 +122,17 @@ def sample_group(
     step_fns = [step_fn if stochastic[j] else ode_step for j in range(cfg.num_steps)]
     recorded_x, recorded_next, recorded_logp = [], [], []
 
-    # 4. denoise, keeping x, x' and the log-prob at every step some sample trains on
+    # 4. denoise, keeping x, x' and the log-prob at every step some sample trains on (on the device: one copy
+    #    to the host at the end, no synchronising copy inside the loop)
     steps = _denoise(
         policy, x, sigmas, text, cfg.guidance_scale, step_fns,
         noise_level=cfg.noise_level, generators=generators,
     )
     for j, x_j, out in steps:
         if (trained == j).any():
-            recorded_x.append(x_j.float().cpu())
-            recorded_next.append(out.next_latents.cpu())
-            recorded_logp.append(out.log_prob.cpu())
+            recorded_x.append(x_j.float())
+            recorded_next.append(out.next_latents)
+            recorded_logp.append(out.log_prob)
 
     # 5. decode, and gather each sample's trained transitions
     media = policy.decode(out.next_latents)
@@ -145,12 +146,12 @@ def sample_group(
         sampler=cfg.kind,
         noise_level=cfg.noise_level,
         seeds=seeds,
-        latents=torch.stack(recorded_x, dim=1)[rows, position],  # [G, K, *latent]
-        next_latents=torch.stack(recorded_next, dim=1)[rows, position],  # [G, K, *latent]
+        latents=torch.stack(recorded_x, dim=1).cpu()[rows, position],  # [G, K, *latent]
+        next_latents=torch.stack(recorded_next, dim=1).cpu()[rows, position],  # [G, K, *latent]
         sigmas=sigmas[trained],  # [G, K]
         next_sigmas=sigmas[trained + 1],  # [G, K]
         schedule_sigma_1=float(sigmas[1]),
-        log_probs=torch.stack(recorded_logp, dim=1)[rows, position],  # [G, K]
+        log_probs=torch.stack(recorded_logp, dim=1).cpu()[rows, position],  # [G, K]
         cond=_to_cpu(text.cond),
         uncond=_to_cpu(text.uncond) if text.uncond is not None else None,
         guidance_scale=cfg.guidance_scale,
