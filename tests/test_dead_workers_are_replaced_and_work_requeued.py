@@ -19,7 +19,7 @@ def test_killed_rollout_and_reward_actors_cost_only_their_work(ray_local, tmp_pa
         cfg = tiny_config(
             f"run.output_dir={tmp_path}",
             "run.name=faults",
-            "run.num_steps=6",
+            "run.num_steps=8",
             "grpo.groups_per_step=1",
             "grpo.group_size=4",
             f"cluster.redis_url={url}",
@@ -34,7 +34,7 @@ def test_killed_rollout_and_reward_actors_cost_only_their_work(ray_local, tmp_pa
         with alongside(saboteur):
             summary = train(cfg)
         rows = [json.loads(line) for line in (tmp_path / "faults" / "metrics.jsonl").read_text().splitlines()]
-        assert summary.steps == 6 and [r["step"] for r in rows] == list(range(6))
+        assert summary.steps == 8 and [r["step"] for r in rows] == list(range(8))
         assert rows[-1]["system/recoveries"] >= 1
         # after each recovery the restarted rollout worker got the current weights: still exactly on-policy
         assert all(r["loss/ratio_max_dev"] < 1e-5 for r in rows)
