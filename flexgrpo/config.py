@@ -268,6 +268,15 @@ def validate(cfg: Config) -> None:
     _positive("grpo.adv_clip", g.adv_clip)
     _positive("grpo.max_staleness", g.max_staleness, allow_zero=True)
     _one_of("grpo.reward_combine", g.reward_combine, REWARD_COMBINE)
+    if g.kl_beta > 0 and not cfg.policy.lora.enabled:
+        raise ConfigError(
+            "grpo.kl_beta > 0 needs policy.lora.enabled: the reference policy is the adapter switched off"
+        )
+    if g.groups_per_step % cfg.cluster.learner.num_workers:
+        raise ConfigError(
+            f"grpo.groups_per_step ({g.groups_per_step}) must be a multiple of cluster.learner.num_workers "
+            f"({cfg.cluster.learner.num_workers}): each learner rank trains on whole groups"
+        )
 
     if not cfg.rewards:
         raise ConfigError("rewards is empty: name at least one reward model")

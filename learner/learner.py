@@ -65,8 +65,6 @@ class GRPOLearner:
         import deepspeed
 
         self.sampler_cfg, self.grpo_cfg, self.rank = sampler_cfg, grpo_cfg, rank
-        if grpo_cfg.kl_beta > 0 and not policy_cfg.lora.enabled:
-            raise ValueError("grpo.kl_beta > 0 needs policy.lora.enabled (the reference is the adapter switched off)")
         init_deepspeed_distributed(rank, world_size, master_addr, master_port)
         self.device = (
             torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")

@@ -21,11 +21,13 @@ from tests.conftest import tiny_config
         ("policy.height=60", r"multiples of 16"),
         ("learner.zero_stage=4", r"learner.zero_stage must be one of"),
         ("policy.dtype=fp8", r"policy.dtype must be one of"),
+        ("grpo.groups_per_step=3 cluster.learner.num_workers=2 cluster.num_gpus=4", r"multiple of cluster.learner"),
+        ("grpo.kl_beta=0.04 policy.lora.enabled=false", r"kl_beta > 0 needs policy.lora.enabled"),
     ],
 )
 def test_bad_override_names_the_key(override, message):
     with pytest.raises(ConfigError, match=message):
-        tiny_config(override)
+        tiny_config(*override.split())
 
 
 def test_unknown_key_in_a_recipe_file_names_key_and_file(tmp_path):

@@ -67,3 +67,15 @@ def test_samples_are_reproducible_from_seeds_and_distinct_across_samples():
     assert not torch.allclose(a.latents[0, 0], a.latents[1, 0])
     other_run = RolloutWorker(cfg.policy, cfg.sampler, run_seed=1).sample(PromptGroup("g0", "a cat", 4, seed=3))[0]
     assert not set(other_run.seeds) & set(a.seeds)
+
+
+def test_kl_to_the_reference_is_zero_at_start_and_grows_after_an_update():
+    cfg = tiny_config("grpo.group_size=4", "grpo.groups_per_step=1", "grpo.kl_beta=0.04", "learner.lr=0.05")
+    worker, learner = _pair(cfg)
+    trajectory, _ = worker.sample(PromptGroup("g0", "a blue car on a red road", 4, seed=2))
+    advantages = [torch.tensor([1.0, -1.0, 0.5, -0.5])]
+    first = learner.train_step([trajectory], advantages)
+    assert first["loss/kl"] == 0.0  # the fresh adapter (B = 0) is the reference
+    second = learner.train_step([trajectory], advantages)
+    assert second["loss/kl"] > 0.0
+    assert second["loss/loss"] == pytest.approx(second["loss/policy_loss"] + 0.04 * second["loss/kl"], rel=1e-4)
