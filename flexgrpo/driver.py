@@ -12,7 +12,7 @@ from flexgrpo.checkpoints import latest_checkpoint
 from flexgrpo.config import Config, to_dict, to_yaml
 from flexgrpo.control_plane import ControlPlane
 from flexgrpo.metrics import MetricsLogger, read_metrics
-from flexgrpo.roles import build_roles, check_names
+from flexgrpo.roles import build_roles, preflight
 from flexgrpo.training_loop import TrainingLoop
 
 log = logging.getLogger("flexgrpo")
@@ -46,7 +46,7 @@ def train(cfg: Config) -> RunSummary:
     from cluster.embedded_redis import EmbeddedRedis
     from cluster.ray_cluster import ray_session
 
-    check_names(cfg)
+    preflight(cfg)
     run_dir = Path(cfg.run.output_dir) / cfg.run.name
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(to_yaml(cfg), encoding="utf-8")

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import ray
 
-from flexgrpo.config import Config
+from flexgrpo.config import Config, PromptsConfig
 
 if TYPE_CHECKING:
     from cluster.ray_cluster import RoleGroup
@@ -29,13 +29,16 @@ class Roles:
             group.shutdown()
 
 
-def check_names(cfg: Config) -> None:
-    """Resolve every swappable name against its table before anything starts."""
+def preflight(cfg: Config) -> None:
+    """What can fail before anything starts: every swappable name against its table, and the prompt files."""
     from actors.policies import check_family
+    from flexgrpo.prompts import load_prompts
     from reward_workers.registry import check_reward_specs
 
     check_family(cfg.policy.family)
     check_reward_specs(cfg.rewards)
+    load_prompts(cfg.prompts)
+    load_prompts(PromptsConfig(file=cfg.eval.prompts_file))
 
 
 def build_roles(cfg: Config) -> Roles:

@@ -1,5 +1,7 @@
 """A recipe or override that cannot run stops at load with an error that names the key and the fix."""
 
+from pathlib import Path
+
 import pytest
 
 from flexgrpo.config import ConfigError, load_config
@@ -43,12 +45,20 @@ def test_missing_recipe_file_is_named(tmp_path):
 
 
 def test_unknown_reward_and_family_are_rejected_listing_the_known_ones():
-    from flexgrpo.roles import check_names
+    from flexgrpo.roles import preflight
 
     with pytest.raises(ConfigError, match=r"rewards\[0\].name must be one of \[.*'jpeg_compressibility'.*got 'jpg'"):
-        check_names(tiny_config("rewards=[{name: jpg}]"))
+        preflight(tiny_config("rewards=[{name: jpg}]"))
     with pytest.raises(ConfigError, match=r"policy.family must be one of \[.*'sd3'.*got 'sd4'"):
-        check_names(tiny_config("policy.family=sd4"))
+        preflight(tiny_config("policy.family=sd4"))
+
+
+def test_real_recipes_stop_before_starting_without_their_prompt_files():
+    from flexgrpo.roles import preflight
+
+    cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "sd35_medium_flex.yaml")
+    with pytest.raises(ConfigError, match=r"prompts.file 'prompts.txt' does not exist"):
+        preflight(cfg)
 
 
 def test_prompt_file_errors_name_the_file(tmp_path):

@@ -25,6 +25,7 @@ def test_rayjob_entrypoint_loads(monkeypatch):
     monkeypatch.setenv("FLEXGRPO_REDIS_URL", "redis://:secret@redis:6379/0")
     cfg = load_config(REPO / recipe, overrides)
     assert cfg.cluster.address == "auto" and cfg.cluster.redis_url == "redis://:secret@redis:6379/0"
+    assert cfg.prompts.file == "/checkpoints/prompts.txt"
     workers = job["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]
     gpus = int(workers["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"])
     wanted = sum(
