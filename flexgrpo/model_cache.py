@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import fcntl
 import os
+import re
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
+
+from flexgrpo.config import ConfigError
+
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")  # org/name
 
 
 def cache_dir() -> Path:
@@ -30,3 +35,12 @@ def cached_build(name: str, build: Callable[[Path], None], marker: str) -> Path:
             shutil.rmtree(target, ignore_errors=True)
             staging.rename(target)
     return target
+
+
+def check_model_reference(key: str, value: str, built_here: Collection[str]) -> None:
+    """A model reference must be a model built here (a tiny one), a folder that exists, or a hub id (org/name)."""
+    if value in built_here or Path(value).is_dir() or (HUB_ID.match(value) and not Path(value).parent.exists()):
+        return
+    raise ConfigError(
+        f"{key} {value!r} is not a folder that exists, nor a hub id like 'org/name', nor one of {sorted(built_here)}"
+    )

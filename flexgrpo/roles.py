@@ -30,13 +30,20 @@ class Roles:
 
 
 def preflight(cfg: Config) -> None:
-    """What can fail before anything starts: every swappable name against its table, and the prompt files."""
+    """What can fail before anything starts: swappable names against their tables, model paths, prompt files."""
     from actors.policies import check_family
+    from actors.tiny_models import TINY_MODELS
+    from flexgrpo.model_cache import check_model_reference
     from flexgrpo.prompts import load_prompts
     from reward_workers.registry import check_reward_specs
+    from reward_workers.tiny_judge import TINY_JUDGE
 
     check_family(cfg.policy.family)
+    check_model_reference("policy.model", cfg.policy.model, TINY_MODELS)
     check_reward_specs(cfg.rewards)
+    for i, spec in enumerate(cfg.rewards):
+        if spec.model and spec.backend != "http":  # over http, model is the served model's name
+            check_model_reference(f"rewards[{i}].model", spec.model, [TINY_JUDGE])
     load_prompts(cfg.prompts)
     load_prompts(PromptsConfig(file=cfg.eval.prompts_file))
 

@@ -53,6 +53,18 @@ def test_unknown_reward_and_family_are_rejected_listing_the_known_ones():
         preflight(tiny_config("policy.family=sd4"))
 
 
+def test_missing_model_paths_are_named_before_anything_starts(tmp_path):
+    from flexgrpo.roles import preflight
+
+    with pytest.raises(ConfigError, match=r"policy.model '/no/such/pipeline' is not a folder that exists"):
+        preflight(tiny_config("policy.model=/no/such/pipeline"))
+    bad_judge = "rewards=[{name: unifiedreward_flex, model: ./judges/missing, backend: vllm}]"
+    with pytest.raises(ConfigError, match=r"rewards\[0\].model './judges/missing' is not a folder"):
+        preflight(tiny_config(bad_judge))
+    preflight(tiny_config(f"policy.model={tmp_path}"))  # an existing folder passes (loading it is the role's job)
+    preflight(tiny_config("policy.model=stabilityai/stable-diffusion-3.5-medium"))  # a hub id passes
+
+
 def test_real_recipes_stop_before_starting_without_their_prompt_files():
     from flexgrpo.roles import preflight
 
