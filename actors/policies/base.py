@@ -51,17 +51,17 @@ def load_pipeline(pipeline_cls: type, model: str, dtype: torch.dtype):
     import diffusers
     import transformers
 
-    from actors.tiny_models import resolve_model
+    from actors.tiny_models import TINY_MODELS, resolve_model
+    from flexgrpo.model_cache import check_model_reference
 
     diffusers.utils.logging.disable_progress_bar()
     transformers.utils.logging.disable_progress_bar()
+    check_model_reference("policy.model", model, TINY_MODELS)
     path = resolve_model(model)
     absent = {}
     index = Path(path) / "model_index.json"
     if index.exists():
         absent = {k: None for k, v in json.loads(index.read_text()).items() if v == [None, None]}
-    elif not Path(path).exists() and "/" not in path:
-        raise FileNotFoundError(f"policy.model {model!r} is neither a pipeline folder nor a hub id")
     pipe = pipeline_cls.from_pretrained(path, dtype=dtype, **absent)
     pipe.set_progress_bar_config(disable=True)
     return pipe
