@@ -189,15 +189,12 @@ class TrainingLoop:
 
         g = self.cfg.grpo
         versions = [s.reward_version for s in scored]
+        norm = {"global_std": g.global_std, "clip": g.adv_clip, "prompts": [t.prompt for t in trajectories]}
         if g.reward_combine == "advantage":
             weights = [{r.name: r.weight for r in self.reward_specs[s.reward_version]} for s in scored]
-            advantages = weighted_advantages(
-                [s.components for s in scored], weights, versions, global_std=g.global_std, clip=g.adv_clip
-            )
+            advantages = weighted_advantages([s.components for s in scored], weights, versions, **norm)
         else:
-            advantages = group_advantages(
-                [s.rewards for s in scored], versions, global_std=g.global_std, clip=g.adv_clip
-            )
+            advantages = group_advantages([s.rewards for s in scored], versions, **norm)
         learners = self.roles.learner.actors
         shards = split_evenly(list(zip(trajectories, advantages, strict=True)), len(learners))
         results = ray.get(

@@ -12,28 +12,35 @@ STD_EPS = 1e-4  # added to the reward std before dividing
 
 
 def group_advantages(
-    rewards: list[Tensor], reward_versions: list[int], *, global_std: bool, clip: float
+    rewards: list[Tensor],
+    reward_versions: list[int],
+    *,
+    global_std: bool,
+    clip: float,
+    prompts: list[str] | None = None,
 ) -> list[Tensor]:
-    """Per-prompt advantages (r - mean_group) / (std + 1e-4), clamped to +-clip.
+    """Per-prompt advantages (r - mean_prompt) / (std + 1e-4), clamped to +-clip.
 
-    rewards: one [G] tensor per group. With `global_std` the std is taken over all groups of the same reward
-    version instead of per group (groups scored by different reward specs are never normalised together).
-    A group whose rewards are all equal carries no signal and gets zero advantages.
+    rewards: one [G] tensor per group. Groups of the same prompt (and reward version) in this step are pooled
+    for the mean and std; `prompts=None` treats every group as its own prompt. With `global_std` the std is
+    taken over all groups of the same reward version instead. Groups scored by different reward specs are
+    never normalised together. A prompt whose rewards are all equal carries no signal: zero advantages.
     """
-    stds: list[Tensor] = []
-    for r, version in zip(rewards, reward_versions, strict=True):
-        if global_std:
-            pooled = torch.cat([x for x, v in zip(rewards, reward_versions, strict=True) if v == version])
-            stds.append(pooled.std(unbiased=False))
-        else:
-            stds.append(r.std(unbiased=False))
+    keys = list(zip(prompts or range(len(rewards)), reward_versions, strict=True))  # (prompt, version) per group
+    by_prompt: dict[tuple, list[Tensor]] = {}
+    by_version: dict[int, list[Tensor]] = {}
+    for r, key in zip(rewards, keys, strict=True):
+        by_prompt.setdefault(key, []).append(r)
+        by_version.setdefault(key[1], []).append(r)
+
     out = []
-    for r, std in zip(rewards, stds, strict=True):
-        centred = r - r.mean()  # [G]
-        if torch.all(centred == 0):
+    for r, key in zip(rewards, keys, strict=True):
+        same_prompt = torch.cat(by_prompt[key])  # [n * G] this prompt's samples in this step
+        if torch.all(same_prompt == same_prompt[0]):
             out.append(torch.zeros_like(r))
             continue
-        out.append(torch.clamp(centred / (std + STD_EPS), -clip, clip))  # [G]
+        std = (torch.cat(by_version[key[1]]) if global_std else same_prompt).std(unbiased=False)
+        out.append(torch.clamp((r - same_prompt.mean()) / (std + STD_EPS), -clip, clip))  # [G]
     return out
 
 
@@ -44,6 +51,7 @@ def weighted_advantages(
     *,
     global_std: bool,
     clip: float,
+    prompts: list[str] | None = None,
 ) -> list[Tensor]:
     """Pref-GRPO style multi-reward: normalise each reward into advantages on its own, then weight and sum.
 
@@ -58,6 +66,7 @@ def weighted_advantages(
             [reward_versions[i] for i in scored_by],
             global_std=global_std,
             clip=clip,
+            prompts=None if prompts is None else [prompts[i] for i in scored_by],
         )
         for i, adv in zip(scored_by, per_reward, strict=True):
             total[i] = total[i] + weights[i][name] * adv

@@ -70,3 +70,17 @@ def test_weighted_advantages_use_each_groups_own_spec():
     torch.testing.assert_close(adv_before, torch.tensor([-unit, unit]))
     unit_b = 2.5 / (2.5 + STD_EPS)
     torch.testing.assert_close(adv_after, torch.tensor([3 * unit_b, -3 * unit_b]))
+
+
+def test_groups_of_the_same_prompt_are_normalised_together():
+    a, b, other = torch.tensor([0.0, 1.0]), torch.tensor([2.0, 3.0]), torch.tensor([5.0, 5.0])
+    adv_a, adv_b, adv_other = group_advantages(
+        [a, b, other], [0, 0, 0], global_std=False, clip=10.0, prompts=["cat", "cat", "dog"]
+    )
+    pooled = torch.tensor([0.0, 1.0, 2.0, 3.0])
+    torch.testing.assert_close(adv_a, (a - 1.5) / (pooled.std(unbiased=False) + STD_EPS))
+    torch.testing.assert_close(adv_b, (b - 1.5) / (pooled.std(unbiased=False) + STD_EPS))
+    assert torch.equal(adv_other, torch.zeros(2))  # a prompt whose samples all score the same
+    # the same prompt under another reward version is its own pool
+    adv_a2, adv_b2 = group_advantages([a, b], [0, 1], global_std=False, clip=10.0, prompts=["cat", "cat"])
+    torch.testing.assert_close(adv_a2, torch.tensor([-1.0, 1.0]) * 0.5 / (0.5 + STD_EPS))
