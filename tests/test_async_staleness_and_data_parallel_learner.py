@@ -1,5 +1,5 @@
-"""Asynchronous GRPO (actors one version ahead of the learner) and a data-parallel DeepSpeed learner of two
-ranks whose replicas stay identical, through real Ray actors."""
+"""Asynchronous GRPO (actors one version ahead of the learner), and a data-parallel DeepSpeed learner of two
+ranks whose replicas stay identical and reach both samplers of a two-worker rollout pool, through real Ray."""
 
 import json
 
@@ -33,7 +33,7 @@ def test_max_staleness_one_trains_on_data_one_version_old(ray_local, tmp_path):
     assert rows[0]["loss/ratio_max_dev"] < 1e-5  # the first step is on-policy
 
 
-def test_two_learner_ranks_keep_identical_replicas(ray_local, tmp_path):
+def test_two_learner_ranks_keep_identical_replicas_and_two_samplers_get_them(ray_local, tmp_path):
     cfg = tiny_config(
         f"run.output_dir={tmp_path}",
         "run.name=dp",
@@ -41,15 +41,23 @@ def test_two_learner_ranks_keep_identical_replicas(ray_local, tmp_path):
         "grpo.group_size=4",
         "cluster.learner.num_workers=2",
         "cluster.learner.gpus_per_worker=0.5",
+        "cluster.rollout.num_workers=2",
+        "cluster.rollout.gpus_per_worker=0.5",
         "learner.lr=0.05",
         "learner.zero_stage=2",
     )
     with training_loop(cfg, tmp_path) as loop:
         roles = loop.roles
         step = loop.submit(0)
-        metrics = loop.train(ray.get(step.trajectories), ray.get(step.scores))
+        trajectories = ray.get(step.trajectories)
+        assert [t.group_id for t in trajectories] == ["s0-g0", "s0-g1"]  # one group per sampler
+        assert not set(trajectories[0].seeds) & set(trajectories[1].seeds)
+        metrics = loop.train(trajectories, ray.get(step.scores))
         assert metrics["loss/micro_batches"] > 0
         rank0, rank1 = ray.get([a.trainable_state.remote() for a in roles.learner.actors])
         initial = ray.get(roles.rollout.actors[0].trainable_state.remote())
         assert any(not torch.equal(rank0[n], initial[n]) for n in rank0), "the update moved the weights"
         assert all(torch.equal(rank0[n], rank1[n]) for n in rank0), "ZeRO-2 ranks must agree after a step"
+        loop.sync_weights(wait=True)
+        for sampler in ray.get([w.trainable_state.remote() for w in roles.rollout.actors]):
+            assert all(torch.equal(rank0[n], sampler[n]) for n in rank0), "every sampler gets the new weights"
