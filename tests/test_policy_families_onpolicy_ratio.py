@@ -77,12 +77,14 @@ def test_recorded_logprob_equals_learner_density_fp32(family, sampler, worker):
     assert _max_ratio_deviation(_learner(cfg), trajectory) < 1e-5
 
 
+@pytest.mark.parametrize("dtype", ["bf16", "fp16"])
 @pytest.mark.parametrize("family", list(FAMILIES))
-def test_bf16_policy_samples_and_learner_ratio_stays_within_bf16_bound(family):
-    cfg = family_config(family, "policy.dtype=bf16", "learner.lr=0.05")
+def test_low_precision_policy_samples_and_learner_ratio_stays_within_bound(family, dtype):
+    cfg = family_config(family, f"policy.dtype={dtype}", "learner.lr=0.05")
     rollout = RolloutWorker(cfg.policy, cfg.sampler, run_seed=0)
     learner = _learner(cfg)
-    assert any(p.dtype == torch.bfloat16 for p in rollout.policy.transformer.parameters())
+    torch_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
+    assert any(p.dtype == torch_dtype for p in rollout.policy.transformer.parameters())
 
     trajectory, media = rollout.sample(PromptGroup("g0", "a green tree by the sea", 4, seed=5))
     assert media.media.shape == _media_shape(cfg, 4) and trajectory.latents.dtype == torch.float32
