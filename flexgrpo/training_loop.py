@@ -8,7 +8,7 @@ import math
 import time
 from collections import deque
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import ray
@@ -208,9 +208,7 @@ class TrainingLoop:
 
     def sync_weights(self, *, wait: bool) -> None:
         """Learner rank 0 broadcasts version v+1; each rollout worker loads it between two groups."""
-        header = type(self.weight_header)(
-            self.policy_version, self.weight_header.names, self.weight_header.shapes, self.weight_header.dtype
-        )
+        header = replace(self.weight_header, version=self.policy_version)
         refs = [self.roles.learner.actors[0].publish_weights.remote()]
         refs += [w.receive_weights.remote(header) for w in self.roles.rollout.actors]
         if wait:
