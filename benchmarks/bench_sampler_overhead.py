@@ -18,7 +18,6 @@ import time
 import diffusers
 import torch
 
-import flexgrpo  # noqa: F401  (torchvision shim before any model code)
 from actors.policies.sd3 import SD3Policy
 from actors.rollout import sample_group
 from actors.tiny_models import build_tiny_vae

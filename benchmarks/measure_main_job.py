@@ -30,7 +30,7 @@ def tree_rss(root: psutil.Process) -> int:
 
 def main(args: list[str]) -> None:
     out = Path(tempfile.mkdtemp(prefix="flexgrpo-measure-"))
-    cmd = [sys.executable, "-m", "flexgrpo.cli", "train", *args, f"run.output_dir={out}", "run.name=measure"]
+    cmd = [sys.executable, "-m", "orchestration.cli", "train", *args, f"run.output_dir={out}", "run.name=measure"]
     start = time.monotonic()
     child = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     root, peak = psutil.Process(child.pid), 0

@@ -1,3 +1,1 @@
-"""cluster"""
-
-import flexgrpo  # noqa: F401  (prepares torchvision for the CPU torch before any model code loads)
+"""cluster: how a run maps onto a Ray cluster, the embedded Redis, deployment files."""

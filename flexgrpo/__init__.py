@@ -1,9 +1,3 @@
-"""flexgrpo: distributed GRPO for text-to-image and text-to-video diffusion models.
-
-This package holds what every role shares: the config schema, the records passed between roles, the
-Redis control plane, the driver loop and the CLI.
-"""
-
-from flexgrpo.compat import ensure_torchvision_importable
-
-ensure_torchvision_importable()
+"""flexgrpo: the contracts every role shares: the config schema, the records passed between roles, the Redis
+control-plane client and the weight transport. Nothing here imports the roles (actors, learner, reward_workers,
+cluster) or the orchestration above them; importing the config or the control plane loads neither torch nor ray."""

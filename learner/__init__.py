@@ -1,3 +1,5 @@
 """learner"""
 
-import flexgrpo  # noqa: F401  (prepares torchvision for the CPU torch before any model code loads)
+from flexgrpo.compat import ensure_torchvision_importable
+
+ensure_torchvision_importable()  # before any model code imports torchvision beside the CPU torch

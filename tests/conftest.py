@@ -19,7 +19,10 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")  # shared 2-core machines: no pinned threads
 
-import flexgrpo  # noqa: E402,F401  (torchvision shim before any model code)
+from flexgrpo.compat import ensure_torchvision_importable  # noqa: E402
+
+ensure_torchvision_importable()  # before any model code imports torchvision
+
 from flexgrpo.config import Config, load_config  # noqa: E402
 
 
@@ -45,9 +48,9 @@ def training_loop(cfg: Config, run_dir: Path):
     from cluster.embedded_redis import EmbeddedRedis
     from flexgrpo.config import to_dict
     from flexgrpo.control_plane import ControlPlane
-    from flexgrpo.metrics import MetricsLogger
-    from flexgrpo.roles import build_roles
-    from flexgrpo.training_loop import TrainingLoop
+    from orchestration.reporting import MetricsLogger
+    from orchestration.roles import build_roles
+    from orchestration.training_loop import TrainingLoop
 
     roles = build_roles(cfg)
     try:

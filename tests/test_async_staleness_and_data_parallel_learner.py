@@ -7,7 +7,7 @@ import pytest
 import ray
 import torch
 
-from flexgrpo.driver import train
+from orchestration.driver import train
 from tests.conftest import tiny_config, training_loop
 
 pytestmark = pytest.mark.slow

@@ -6,8 +6,8 @@ import json
 import pytest
 from safetensors.torch import load_file
 
-from flexgrpo.checkpoints import latest_checkpoint, read_run_state
-from flexgrpo.driver import train
+from orchestration.checkpoints import latest_checkpoint, read_run_state
+from orchestration.driver import train
 from tests.conftest import tiny_config
 
 pytestmark = pytest.mark.slow

@@ -3,8 +3,8 @@
 import pytest
 
 from cluster.embedded_redis import EmbeddedRedis
-from flexgrpo.cli import main
 from flexgrpo.control_plane import ControlPlane
+from orchestration.cli import main
 
 
 def test_bad_config_key_exits_2_naming_it(capsys):

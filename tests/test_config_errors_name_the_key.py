@@ -45,7 +45,7 @@ def test_missing_recipe_file_is_named(tmp_path):
 
 
 def test_unknown_reward_and_family_are_rejected_listing_the_known_ones():
-    from flexgrpo.roles import preflight
+    from orchestration.roles import preflight
 
     with pytest.raises(ConfigError, match=r"rewards\[0\].name must be one of \[.*'jpeg_compressibility'.*got 'jpg'"):
         preflight(tiny_config("rewards=[{name: jpg}]"))
@@ -54,7 +54,7 @@ def test_unknown_reward_and_family_are_rejected_listing_the_known_ones():
 
 
 def test_missing_model_paths_are_named_before_anything_starts(tmp_path):
-    from flexgrpo.roles import preflight
+    from orchestration.roles import preflight
 
     with pytest.raises(ConfigError, match=r"policy.model '/no/such/pipeline' is not a folder that exists"):
         preflight(tiny_config("policy.model=/no/such/pipeline"))
@@ -66,7 +66,7 @@ def test_missing_model_paths_are_named_before_anything_starts(tmp_path):
 
 
 def test_real_recipes_stop_before_starting_without_their_prompt_files():
-    from flexgrpo.roles import preflight
+    from orchestration.roles import preflight
 
     cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "sd35_medium_flex.yaml")
     with pytest.raises(ConfigError, match=r"prompts.file 'prompts.txt' does not exist"):

@@ -8,7 +8,7 @@ import ray
 
 from cluster.embedded_redis import EmbeddedRedis
 from flexgrpo.control_plane import ControlPlane
-from flexgrpo.driver import train
+from orchestration.driver import train
 from tests.conftest import alongside, tiny_config, wait_for_step
 
 pytestmark = pytest.mark.slow

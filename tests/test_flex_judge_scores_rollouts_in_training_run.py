@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from flexgrpo.driver import train
+from orchestration.driver import train
 from tests.conftest import tiny_config
 
 pytestmark = pytest.mark.slow

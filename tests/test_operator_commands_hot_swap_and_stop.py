@@ -9,7 +9,7 @@ import pytest
 
 from cluster.embedded_redis import EmbeddedRedis
 from flexgrpo.control_plane import CommandError, ControlPlane
-from flexgrpo.driver import train
+from orchestration.driver import train
 from tests.conftest import alongside, tiny_config, wait_for_step
 
 pytestmark = pytest.mark.slow

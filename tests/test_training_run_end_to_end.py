@@ -9,7 +9,7 @@ import torch
 
 from cluster.embedded_redis import EmbeddedRedis
 from flexgrpo.control_plane import ControlPlane
-from flexgrpo.driver import train
+from orchestration.driver import train
 from tests.conftest import tiny_config, training_loop
 
 pytestmark = pytest.mark.slow

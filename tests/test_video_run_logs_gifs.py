@@ -8,8 +8,8 @@ import pytest
 import torch
 from PIL import Image
 
-from flexgrpo.driver import train
-from flexgrpo.metrics import media_grid
+from orchestration.driver import train
+from orchestration.reporting import media_grid
 from tests.conftest import tiny_config
 
 pytestmark = pytest.mark.slow

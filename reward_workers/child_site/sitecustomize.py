@@ -12,8 +12,9 @@ class _PrepareTorchvision(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path, target=None):  # noqa: ANN001, ANN201 (importlib protocol)
         if name == "torchvision" and self in sys.meta_path:
             sys.meta_path.remove(self)
-            if "flexgrpo.compat" not in sys.modules:  # else flexgrpo's import does it (or is doing it now)
-                import flexgrpo  # noqa: F401  (its import prepares torchvision)
+            from flexgrpo.compat import ensure_torchvision_importable
+
+            ensure_torchvision_importable()
         return None
 
 

@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")
     from tqdm.contrib.logging import logging_redirect_tqdm
 
-    from flexgrpo.driver import train
+    from orchestration.driver import train
 
     with logging_redirect_tqdm():
         summary = train(cfg)

@@ -8,12 +8,12 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from flexgrpo.checkpoints import latest_checkpoint
 from flexgrpo.config import Config, to_dict, to_yaml
 from flexgrpo.control_plane import ControlPlane
-from flexgrpo.metrics import MetricsLogger, read_metrics
-from flexgrpo.roles import build_roles, preflight
-from flexgrpo.training_loop import TrainingLoop
+from orchestration.checkpoints import latest_checkpoint
+from orchestration.reporting import MetricsLogger, read_metrics
+from orchestration.roles import build_roles, preflight
+from orchestration.training_loop import TrainingLoop
 
 log = logging.getLogger("flexgrpo")
 

@@ -15,13 +15,13 @@ import ray
 import torch
 from tqdm import tqdm
 
-from flexgrpo.checkpoints import RunState, checkpoint_folder, read_run_state, write_run_state
 from flexgrpo.config import Config, PromptsConfig, RewardSpec, config_from_dict, to_dict
 from flexgrpo.control_plane import Command, ControlPlane
-from flexgrpo.metrics import MetricsLogger
 from flexgrpo.prompts import groups_for_step, load_prompts
 from flexgrpo.records import PromptGroup, ScoredGroup, TrajectoryGroup
-from flexgrpo.roles import Roles, connect_weight_sync, wait_until_ready
+from orchestration.checkpoints import RunState, checkpoint_folder, read_run_state, write_run_state
+from orchestration.reporting import MetricsLogger
+from orchestration.roles import Roles, connect_weight_sync, wait_until_ready
 
 log = logging.getLogger("flexgrpo")
 MAX_RECOVERIES_PER_STEP = 3
