@@ -16,6 +16,8 @@ SAMPLER_KINDS = ("cps", "dance", "ode", "sde")
 TRAIN_TIMESTEP_CHOICES = ("fraction", "random", "window")
 DTYPES = ("bf16", "fp16", "fp32")
 REWARD_COMBINE = ("advantage", "sum")
+REFERENCE_PLACEMENTS = ("cpu", "gpu", "none")
+SYNC_SNAPSHOTS = ("cpu", "device", "none")
 DEFAULT_RECIPE = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
 
 
@@ -134,6 +136,12 @@ class LearnerConfig:
     grad_clip: float = 1.0  # gradient norm clip
     zero_stage: int = 2  # DeepSpeed ZeRO stage (0-3)
     micro_batch_size: int = 8  # samples per forward/backward; gradients accumulate over samples and steps
+    offload: bool = False  # ZeRO-3 only: keep parameters and optimizer state in CPU memory (fits larger policies)
+    activation_checkpointing: bool = False  # recompute the transformer's block activations in the backward pass
+    reference: str = "gpu"  # full fine-tune, kl_beta > 0: frozen copy on the device (gpu), CPU via ZeRO-3 (cpu), none
+    ema_decay: float = 0.0  # EMA of the trained weights, used for export (0: off; e.g. 0.999)
+    sync_bucket_mb: float = 128.0  # weight sync: MiB per broadcast bucket (each side holds at most two)
+    sync_snapshot: str = "device"  # copy sent weights to device/cpu so training overlaps sync; none: block, no copy
 
 
 @dataclass
@@ -268,9 +276,10 @@ def validate(cfg: Config) -> None:
     _positive("grpo.adv_clip", g.adv_clip)
     _positive("grpo.max_staleness", g.max_staleness, allow_zero=True)
     _one_of("grpo.reward_combine", g.reward_combine, REWARD_COMBINE)
-    if g.kl_beta > 0 and not cfg.policy.lora.enabled:
+    if g.kl_beta > 0 and not cfg.policy.lora.enabled and cfg.learner.reference == "none":
         raise ConfigError(
-            "grpo.kl_beta > 0 needs policy.lora.enabled: the reference policy is the adapter switched off"
+            "grpo.kl_beta > 0 needs a reference policy: set learner.reference to gpu or cpu (a frozen copy), "
+            "or policy.lora.enabled (the adapter switched off)"
         )
     if g.groups_per_step % cfg.cluster.learner.num_workers:
         raise ConfigError(
@@ -302,6 +311,14 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"learner.zero_stage must be one of [0, 1, 2, 3], got {lr.zero_stage}")
     if len(lr.adam_betas) != 2 or not all(0 <= b < 1 for b in lr.adam_betas):
         raise ConfigError(f"learner.adam_betas must be two numbers in [0, 1), got {lr.adam_betas}")
+    _one_of("learner.reference", lr.reference, REFERENCE_PLACEMENTS)
+    _one_of("learner.sync_snapshot", lr.sync_snapshot, SYNC_SNAPSHOTS)
+    _positive("learner.sync_bucket_mb", lr.sync_bucket_mb)
+    if not 0 <= lr.ema_decay < 1:
+        raise ConfigError(f"learner.ema_decay must be in [0, 1) (0 turns the EMA off), got {lr.ema_decay}")
+    for key in ("offload", "reference"):
+        if getattr(lr, key) in (True, "cpu") and lr.zero_stage != 3:
+            raise ConfigError(f"learner.{key} offloads to CPU through ZeRO-3: set learner.zero_stage=3")
     _positive("logging.sample_grid_every", cfg.logging.sample_grid_every, allow_zero=True)
     _positive("eval.every", cfg.eval.every, allow_zero=True)
     _positive("eval.num_prompts", cfg.eval.num_prompts)

@@ -92,13 +92,35 @@ class ScoredGroup:
 
 @dataclass(frozen=True)
 class WeightUpdate:
-    """Header of a weight broadcast: the flat buffer that follows holds `names` in order."""
+    """Header of a weight broadcast (`flexgrpo.weight_transport`): the buckets that follow over the weight-sync
+    group hold `names` in order, each bucket the concatenation of its tensors' elements."""
 
-    version: int
-    names: list[str]
-    shapes: list[list[int]]
-    dtype: str  # torch dtype name of the flat buffer, e.g. "float32"
+    version: int  # policy version of these weights
+    names: list[str]  # [N] trained parameter names, sorted
+    shapes: list[list[int]]  # [N] shape of each tensor
+    dtypes: list[str]  # [N] torch dtype name of each tensor, e.g. "bfloat16" (a bucket holds one dtype)
+    bucket_ends: list[int]  # [B] exclusive end index into `names` of each bucket, increasing, last = N
+    checksum: str  # 16 hex digits over the tensors' bytes in order (`weight_transport.checksum`)
+    schema: int = RECORD_SCHEMA
 
     @property
     def numel(self) -> int:
         return sum(int(torch.Size(s).numel()) for s in self.shapes)
+
+    @property
+    def dtype(self) -> str:
+        """The one dtype of every tensor (the unbucketed path needs one)."""
+        if len(set(self.dtypes)) != 1:
+            raise ValueError(f"weight update v{self.version} mixes dtypes {sorted(set(self.dtypes))}")
+        return self.dtypes[0]
+
+    def bucket_ranges(self) -> list[tuple[int, int]]:
+        """[(start, end)] index ranges into `names`, one per bucket."""
+        return list(zip([0, *self.bucket_ends[:-1]], self.bucket_ends, strict=True))
+
+    def max_bucket_bytes(self) -> int:
+        sizes = [
+            sum(int(torch.Size(s).numel()) for s in self.shapes[a:b]) * getattr(torch, self.dtypes[a]).itemsize
+            for a, b in self.bucket_ranges()
+        ]
+        return max(sizes, default=0)

@@ -24,7 +24,12 @@ from tests.conftest import tiny_config
         ("learner.zero_stage=4", r"learner.zero_stage must be one of"),
         ("policy.dtype=fp8", r"policy.dtype must be one of"),
         ("grpo.groups_per_step=3 cluster.learner.num_workers=2 cluster.num_gpus=4", r"multiple of cluster.learner"),
-        ("grpo.kl_beta=0.04 policy.lora.enabled=false", r"kl_beta > 0 needs policy.lora.enabled"),
+        ("grpo.kl_beta=0.04 policy.lora.enabled=false learner.reference=none", r"kl_beta > 0 needs a reference"),
+        ("learner.reference=cpu", r"learner.reference offloads to CPU through ZeRO-3"),
+        ("learner.offload=true", r"learner.offload offloads to CPU through ZeRO-3"),
+        ("learner.sync_snapshot=disk", r"learner.sync_snapshot must be one of \['cpu', 'device', 'none'\]"),
+        ("learner.ema_decay=1.0", r"learner.ema_decay must be in \[0, 1\)"),
+        ("learner.sync_bucket_mb=0", r"learner.sync_bucket_mb must be > 0"),
     ],
 )
 def test_bad_override_names_the_key(override, message):
