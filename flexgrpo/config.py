@@ -17,7 +17,7 @@ TRAIN_TIMESTEP_CHOICES = ("fraction", "random", "window")
 DTYPES = ("bf16", "fp16", "fp32")
 REWARD_COMBINE = ("advantage", "sum")
 REFERENCE_PLACEMENTS = ("cpu", "gpu", "none")
-SYNC_SNAPSHOTS = ("cpu", "device", "none")
+SYNC_SNAPSHOTS = ("cpu", "device")
 DEFAULT_RECIPE = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
 
 
@@ -141,7 +141,7 @@ class LearnerConfig:
     reference: str = "gpu"  # full fine-tune, kl_beta > 0: frozen copy on the device (gpu), CPU via ZeRO-3 (cpu), none
     ema_decay: float = 0.0  # EMA of the trained weights, used for export (0: off; e.g. 0.999)
     sync_bucket_mb: float = 128.0  # weight sync: MiB per broadcast bucket (each side holds at most two)
-    sync_snapshot: str = "device"  # copy sent weights to device/cpu so training overlaps sync; none: block, no copy
+    sync_snapshot: str = "device"  # rank 0 copies what it sends to its device or to cpu memory (for large policies)
 
 
 @dataclass

@@ -7,10 +7,13 @@ samples and trained steps, and takes one optimizer step. Rank 0 publishes the ne
 
 from __future__ import annotations
 
+import copy
 import importlib
 import math
 import os
-from contextlib import nullcontext
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import torch
@@ -21,7 +24,7 @@ from actors.policies.base import adapter_disabled, batch_embeddings, guided_velo
 from actors.samplers import get_sampler
 from flexgrpo.config import GRPOConfig, LearnerConfig, PolicyConfig, SamplerConfig
 from flexgrpo.records import PromptEmbedding, TrajectoryGroup, WeightUpdate
-from flexgrpo.weight_transport import WeightSyncGroup, pack
+from flexgrpo.weight_transport import WeightSyncGroup, describe, send
 from learner.grpo import clipped_policy_loss, kl_to_reference
 
 
@@ -47,6 +50,14 @@ def init_deepspeed_distributed(rank: int, world_size: int, master_addr: str, mas
     if not torch.cuda.is_available():
         importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None
     deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
+
+
+def zero_optimization(cfg: LearnerConfig) -> dict:
+    """DeepSpeed's zero_optimization section: the stage, and CPU offload of parameters and optimizer state."""
+    zero: dict = {"stage": cfg.zero_stage}
+    if cfg.offload:
+        zero |= {"offload_param": {"device": "cpu"}, "offload_optimizer": {"device": "cpu"}}
+    return zero
 
 
 class GRPOLearner:
@@ -81,6 +92,12 @@ class GRPOLearner:
         self.micro_batch = min(learner_cfg.micro_batch_size, samples_per_rank)
         micro_batches = math.ceil(samples_per_rank / self.micro_batch) * trained_steps_per_sample(sampler_cfg)
         self.params = trainable_parameters(self.policy.transformer)
+        self.transformer, self.lora = self.policy.transformer, policy_cfg.lora.enabled
+        self.zero3 = learner_cfg.zero_stage == 3
+        needs_copy = grpo_cfg.kl_beta > 0 and not self.lora and learner_cfg.reference != "none"
+        reference = copy.deepcopy(self.transformer).requires_grad_(False) if needs_copy else None
+        if learner_cfg.activation_checkpointing:
+            self.transformer.enable_gradient_checkpointing()
         optimizer = torch.optim.AdamW(
             list(self.params.values()),
             lr=learner_cfg.lr,
@@ -94,8 +111,9 @@ class GRPOLearner:
             "train_micro_batch_size_per_gpu": self.micro_batch,
             "gradient_accumulation_steps": micro_batches,
             "gradient_clipping": learner_cfg.grad_clip,
-            "zero_optimization": {"stage": learner_cfg.zero_stage},
+            "zero_optimization": zero_optimization(learner_cfg),
             "zero_allow_untested_optimizer": True,
+            "zero_force_ds_cpu_optimizer": False,  # offload with the torch AdamW (no DeepSpeed op build)
             "bf16": {"enabled": mixed_precision == "bf16"},
             "fp16": {"enabled": mixed_precision == "fp16"},
             "steps_per_print": 10**9,
@@ -105,6 +123,15 @@ class GRPOLearner:
         )
         self.version = 0
         self._sync: WeightSyncGroup | None = None
+        self.reference = self._build_reference(reference, learner_cfg.reference, ds_config)
+        self.sync_bucket_mb, self.sync_snapshot = learner_cfg.sync_bucket_mb, learner_cfg.sync_snapshot
+        self._sender = ThreadPoolExecutor(max_workers=1, thread_name_prefix="weight-sync")  # one: sends in order
+        self._sends: list[Future] = []
+        self._send_error: Exception | None = None
+        self._header: WeightUpdate | None = None
+        self.ema_decay = learner_cfg.ema_decay  # the EMA lives where export reads it: every ZeRO-3 rank, or rank 0
+        keeps_ema = self.ema_decay > 0 and (self.zero3 or rank == 0)
+        self.ema = [s.detach().float().clone() for s in self._ema_sources()] if keeps_ema else []
 
     # ---- training -------------------------------------------------------------------------------------
 
@@ -126,14 +153,15 @@ class GRPOLearner:
                 )
                 loss = policy_loss
                 if self.grpo_cfg.kl_beta > 0:
-                    with torch.no_grad(), adapter_disabled(self.policy.transformer):
-                        ref, _ = self._rescore(groups, chunk, k, model=self.engine)
+                    with torch.no_grad(), self._reference_model() as reference:
+                        ref, _ = self._rescore(groups, chunk, k, model=reference)
                     kl = kl_to_reference(mean=out.mean, ref_mean=ref.mean, std=out.std).mean()
                     loss = loss + self.grpo_cfg.kl_beta * kl
                     step_stats["kl"] = kl.detach()
                 self.engine.backward(loss)
                 self.engine.step()
                 stats.append(step_stats | {"policy_loss": policy_loss.detach(), "loss": loss.detach()})
+        self._update_ema()
         self.version += 1
         metrics = {f"loss/{k}": torch.stack([s[k] for s in stats]).mean().item() for k in stats[0]}
         grad_norm = self.engine.get_global_grad_norm()
@@ -178,34 +206,80 @@ class GRPOLearner:
 
     # ---- weights out ----------------------------------------------------------------------------------
 
+    def publish_weights(self) -> WeightUpdate | None:
+        """Every rank, right after `train_step`: rank 0 snapshots the trained weights (bucket by bucket, gathered
+        under ZeRO-3, a collective), queues their broadcast on its sender thread and returns their header at
+        once; other ranks return None. Broadcasts go out strictly in publish order while training goes on.
+        Raises if the previous broadcast failed: rebuild the group with `join_weight_sync` first."""
+        snapshot = self._snapshot(torch.device("cpu") if self.sync_snapshot == "cpu" else self.device)
+        if snapshot is None:
+            return None
+        if self._send_error is not None:
+            raise RuntimeError(
+                f"the weight broadcast before v{self.version} failed ({self._send_error!r}); "
+                "call join_weight_sync to rebuild the group"
+            )
+        assert self._sync is not None, "join_weight_sync first"
+        self._header = describe(snapshot, self.version, self.sync_bucket_mb)
+        self._sends = [f for f in self._sends if not f.done()]
+        self._sends.append(self._sender.submit(self._send, self._sync, snapshot, self._header))
+        return self._header
+
+    def _send(self, group: WeightSyncGroup, snapshot: dict[str, Tensor], header: WeightUpdate) -> None:
+        try:
+            send(group, snapshot, header)
+        except Exception as err:  # surfaced by the next publish_weights; join_weight_sync clears it
+            self._send_error = err
+            raise
+
+    def join_weight_sync(self, host: str, port: int, world_size: int, timeout_s: float = 600) -> None:
+        """Rank 0: (re)build the weight-sync group as its rank 0, after the broadcasts in flight finish or fail
+        (each fails within the old group's timeout when a receiver died)."""
+        wait(self._sends, timeout=timeout_s)
+        if any(not f.done() for f in self._sends):
+            raise TimeoutError(f"a weight broadcast is still running after {timeout_s:.0f} s")
+        self._sends, self._send_error = [], None
+        self._sync = WeightSyncGroup(host, port, 0, world_size, self.device, timeout_s=timeout_s)
+
+    def weight_header(self) -> WeightUpdate | None:
+        """The header of the current version (what a late or restarted worker needs resent). It is the latest
+        publish's when that is current; otherwise computed anew (every rank under ZeRO-3; others get None)."""
+        if self._header is None or self._header.version != self.version:
+            snapshot = self._snapshot(self.device)
+            self._header = None if snapshot is None else describe(snapshot, self.version, self.sync_bucket_mb)
+        return self._header
+
     def trainable_state(self) -> dict[str, Tensor]:
         """A CPU copy of the trained parameters, gathered whole under ZeRO-3."""
         with self._gathered():
             return {n: p.detach().cpu().clone() for n, p in self.params.items()}
 
-    def join_weight_sync(self, host: str, port: int, world_size: int) -> None:
-        self._sync = WeightSyncGroup(host, port, 0, world_size, self.device)
-
-    def weight_header(self) -> WeightUpdate:
-        with self._gathered():
-            header, _ = pack(self.params, self.version)
-        return header
-
-    def publish_weights(self) -> int:
-        """Broadcast the current trained parameters to the rollout workers; returns the version sent."""
-        assert self._sync is not None, "join_weight_sync first"
-        with self._gathered():
-            _, flat = pack(self.params, self.version)
-        self._sync.broadcast(flat.to(self.device))
-        return self.version
+    def export(self, folder: str | Path) -> Path | None:
+        """Every rank: write the weights for evaluation and release, the EMA when `ema_decay` > 0. A LoRA goes
+        in the diffusers LoRA format (`pipeline.load_lora_weights(folder)`), a full fine-tune as the transformer
+        (`<TransformerClass>.from_pretrained(folder)`). Rank 0 returns the folder, others None."""
+        with self._ema_swapped():
+            if self.lora:
+                self.save_lora(folder)
+                return Path(folder) if self.rank == 0 else None
+            state = self._snapshot(torch.device("cpu"))
+        if state is None:
+            return None
+        self._save_transformer(Path(folder), state)
+        return Path(folder)
 
     def save_lora(self, folder: str | Path) -> Path:
-        """Save the adapter in the diffusers LoRA format (loads with `pipeline.load_lora_weights(folder)`)."""
+        """Rank 0 saves the adapter in the diffusers LoRA format (loads with `pipeline.load_lora_weights(folder)`);
+        under ZeRO-3 every rank must call it (the adapter is gathered)."""
         from peft.utils import get_peft_model_state_dict
 
         with self._gathered():
-            layers = get_peft_model_state_dict(self.policy.transformer)
-        type(self.policy.pipeline).save_lora_weights(folder, transformer_lora_layers=layers)
+            layers = {k: v.detach().cpu().clone() for k, v in get_peft_model_state_dict(self.transformer).items()}
+        if self.rank == 0:  # with its alpha: without the metadata diffusers would load it at scale 1
+            metadata = self.transformer.peft_config["default"].to_dict()
+            type(self.policy.pipeline).save_lora_weights(
+                folder, transformer_lora_layers=layers, transformer_lora_adapter_metadata=metadata
+            )
         return Path(folder)
 
     def save_checkpoint(self, folder: str | Path) -> None:
@@ -218,14 +292,105 @@ class GRPOLearner:
         if path is None:
             raise FileNotFoundError(f"no learner checkpoint in {folder}")
         self.version = int(client_state["version"])
+        self._header = None
         return self.version
 
-    def _gathered(self):
-        if self.engine.zero_optimization_stage() == 3:
-            import deepspeed
+    def _snapshot(self, device: torch.device) -> dict[str, Tensor] | None:
+        """Rank 0: a copy of the trained parameters on `device`, taken (and, under ZeRO-3, gathered) one
+        sync bucket at a time; other ranks None. Every rank must call it under ZeRO-3."""
+        pin = device.type == "cpu" and torch.cuda.is_available()
+        out: dict[str, Tensor] = {}
+        for names in self._buckets():
+            with self._gathered(names):
+                if self.rank == 0:
+                    for n in names:
+                        p = self.params[n].detach()
+                        out[n] = torch.empty(p.shape, dtype=p.dtype, device=device, pin_memory=pin).copy_(p)
+        return out if self.rank == 0 else None
 
-            return deepspeed.zero.GatheredParameters(list(self.params.values()))
-        return nullcontext()
+    def _buckets(self) -> list[list[str]]:
+        """Names of the trained parameters in groups of at most `sync_bucket_mb` (a larger tensor alone)."""
+        limit, groups, size = self.sync_bucket_mb * 2**20, [[]], 0
+        for name in sorted(self.params):
+            p = self.params[name]
+            nbytes = (p.ds_numel if self.zero3 else p.numel()) * p.element_size()
+            if groups[-1] and size + nbytes > limit:
+                groups.append([])
+                size = 0
+            groups[-1].append(name)
+            size += nbytes
+        return groups
+
+    def _gathered(self, names: list[str] | None = None):
+        """Under ZeRO-3, the whole `names` parameters (all trained ones by default) while inside; else nothing."""
+        if not self.zero3:
+            return nullcontext()
+        import deepspeed
+
+        return deepspeed.zero.GatheredParameters([self.params[n] for n in names or self.params])
+
+    # ---- reference, EMA --------------------------------------------------------------------------------
+
+    def _build_reference(self, model: torch.nn.Module | None, placement: str, ds_config: dict):
+        """A frozen reference for the KL of a full fine-tune: ZeRO-3 partitioned (offloaded to CPU memory when
+        placement is cpu) or a plain module on the device. None for a LoRA (its reference is the adapter off)."""
+        if model is None:
+            return None
+        if not self.zero3:
+            return model.to(self.device).eval()
+        import deepspeed
+
+        zero = {"stage": 3} | ({"offload_param": {"device": "cpu"}} if placement == "cpu" else {})
+        config = {k: ds_config[k] for k in ("train_micro_batch_size_per_gpu", "bf16", "fp16")}
+        engine, *_ = deepspeed.initialize(model=model, config=config | {"zero_optimization": zero})
+        engine.eval()  # DeepSpeedEngine.eval returns None
+        return engine
+
+    @contextmanager
+    def _reference_model(self) -> Iterator[torch.nn.Module]:
+        """The reference policy of the KL: the adapter switched off (LoRA) or the frozen copy."""
+        if self.reference is not None:
+            yield self.reference
+            return
+        with adapter_disabled(self.transformer):
+            yield self.engine
+
+    def _ema_sources(self) -> list[Tensor]:
+        """What the EMA tracks: this rank's ZeRO-3 partition of each trained tensor, or the whole tensors."""
+        return [p.ds_tensor if self.zero3 else p.data for p in self.params.values()]
+
+    @torch.no_grad()
+    def _update_ema(self) -> None:
+        """ema <- decay * ema + (1 - decay) * weights, once per learner step (fp32)."""
+        if self.ema:
+            torch._foreach_lerp_(self.ema, [s.float() for s in self._ema_sources()], 1 - self.ema_decay)
+
+    @contextmanager
+    def _ema_swapped(self) -> Iterator[None]:
+        """The EMA in place of the trained weights while inside (nothing without an EMA)."""
+        if not self.ema:
+            yield
+            return
+        sources = self._ema_sources()
+        saved = [s.detach().clone() for s in sources]
+        with torch.no_grad():
+            for s, e in zip(sources, self.ema, strict=True):
+                s.copy_(e)
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for s, b in zip(sources, saved, strict=True):
+                    s.copy_(b)
+
+    def _save_transformer(self, folder: Path, state: dict[str, Tensor]) -> None:
+        """Write the transformer with `state` in place of its trained weights, as `save_pretrained` does."""
+        from safetensors.torch import save_file
+
+        folder.mkdir(parents=True, exist_ok=True)
+        self.transformer.save_config(folder)
+        rest = {k: v.detach().cpu() for k, v in self.transformer.state_dict().items() if k not in state}
+        save_file(rest | state, str(folder / "diffusion_pytorch_model.safetensors"), metadata={"format": "pt"})
 
 
 def _batch_optional(embeddings: list[PromptEmbedding | None]) -> PromptEmbedding | None:
