@@ -27,7 +27,8 @@ def trained_learner(*overrides: str) -> GRPOLearner:
     """A one-rank learner on the tiny recipe after one GRPO step on one group of its own samples."""
     cfg = tiny_config("grpo.group_size=4", "grpo.groups_per_step=1", "sampler.num_steps=4", *overrides)
     learner = GRPOLearner(cfg.policy, cfg.sampler, cfg.grpo, cfg.learner, master_port=free_port())
-    group, _ = sample_group(learner.policy, PromptGroup("s0-g0", PROMPT, 4, 1), cfg.sampler, run_seed=0, policy_version=0)
+    prompt = PromptGroup("s0-g0", PROMPT, 4, 1)
+    group, _ = sample_group(learner.policy, prompt, cfg.sampler, run_seed=0, policy_version=0)
     rewards = torch.tensor([1.0, -1.0, 0.5, -0.5])
     score = ScoredGroup("s0-g0", PROMPT, 0, 0, rewards, {"jpeg_compressibility": rewards})
     learner.train_step([group], [score])

@@ -88,7 +88,7 @@ def test_zero3_full_finetune_workers_equal_learner_after_each_publish(ray_local,
             assert trained[0].metrics["loss/kl"] > 0  # the frozen reference and the policy now differ
         header, other = ray.get([a.publish_weights.remote() for a in learners])
         assert other is None and header.version == step + 1 and len(header.bucket_ends) > 3
-        in_threads(*[lambda w=w: w.receive_weights(header) for w in workers])  # receive verifies the checksum
+        in_threads(*[lambda w=w, h=header: w.receive_weights(h) for w in workers])  # receive verifies the checksum
         states.append(ray.get([a.trainable_state.remote() for a in learners])[0])
         assert any(not torch.equal(states[-1][n], states[-2][n]) for n in states[-1])
     for w, r in zip(workers, range(2), strict=True):
