@@ -241,7 +241,7 @@ class ControlPlane:
         on_outage: Callable[[], None] | None = None,
         outage_timeout_s: float = 600.0,
     ) -> None:
-        self.run = run
+        self.run, self.url = run, url  # the url carries the password: never log it (log `address`)
         self.address = _address(url)
         self.on_outage = on_outage
         self.outage_timeout_s = outage_timeout_s
@@ -263,9 +263,11 @@ class ControlPlane:
 
     # ---- resilience -----------------------------------------------------------------------------------
 
-    def _retry(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    def _retry(self, fn: Callable[..., T], *args: Any, outage_timeout_s: float | None = None, **kwargs: Any) -> T:
         """Call `fn`; on a connection error, timeout or loading server: log once, call `on_outage`, back off
-        0.1 s doubling to 5 s, give up after `outage_timeout_s` with ControlPlaneUnavailable."""
+        0.1 s doubling to 5 s, give up after `outage_timeout_s` (default: the constructor's) with
+        ControlPlaneUnavailable."""
+        limit = self.outage_timeout_s if outage_timeout_s is None else outage_timeout_s
         start, delay, failed, outage_handled = time.monotonic(), 0.1, False, False
         while True:
             try:
@@ -274,18 +276,18 @@ class ControlPlane:
                 raise
             except OUTAGE_ERRORS as err:
                 waited = time.monotonic() - start
-                if waited >= self.outage_timeout_s:
+                if waited >= limit:
                     raise ControlPlaneUnavailable(
                         f"Redis at {self.address} unreachable for {waited:.0f} s (run {self.run!r}): {err}"
                     ) from None
                 if not failed:
                     log.warning(
-                        "Redis at %s unreachable (%s): waiting up to %.0f s", self.address, err, self.outage_timeout_s
+                        "Redis at %s unreachable (%s): waiting up to %.0f s", self.address, err, limit
                     )
                     failed = True
                 if not outage_handled:
                     outage_handled = self._handle_outage()
-                time.sleep(min(delay, max(0.0, self.outage_timeout_s - waited)))
+                time.sleep(min(delay, max(0.0, limit - waited)))
                 delay = min(delay * 2, 5.0)
                 continue
             if failed:
@@ -307,9 +309,9 @@ class ControlPlane:
         finally:
             self._outage_lock.release()
 
-    def _script(self, name: str, keys: list[str], args: list[Any]) -> Any:
+    def _script(self, name: str, keys: list[str], args: list[Any], outage_timeout_s: float | None = None) -> Any:
         try:
-            return self._retry(self._scripts[name], keys=keys, args=args)
+            return self._retry(self._scripts[name], keys=keys, args=args, outage_timeout_s=outage_timeout_s)
         except redis.ResponseError as err:
             if str(err).startswith("ledger:"):
                 raise LedgerError(str(err).removeprefix("ledger: ")) from None
@@ -373,9 +375,10 @@ class ControlPlane:
         """Extend this owner's lease (re-taking it if it expired and nobody took over); RunOwnedError otherwise."""
         self.acquire_lease(owner, ttl_s)
 
-    def release_lease(self, owner: dict[str, Any]) -> None:
-        """Give the lease up, only if `owner` holds it."""
-        self._script("release", [f"{self._key}:lease"], [json.dumps(owner, sort_keys=True)])
+    def release_lease(self, owner: dict[str, Any], outage_timeout_s: float = 5.0) -> None:
+        """Give the lease up, only if `owner` holds it. Waits out an outage only briefly: an exiting job must not
+        hang on it, and the lease expires by itself."""
+        self._script("release", [f"{self._key}:lease"], [json.dumps(owner, sort_keys=True)], outage_timeout_s)
 
     def lease(self) -> dict[str, Any] | None:
         """The live lease: {"owner": {...}, "ttl_s": remaining seconds}, or None when no owner is live."""
