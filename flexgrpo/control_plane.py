@@ -281,9 +281,7 @@ class ControlPlane:
                         f"Redis at {self.address} unreachable for {waited:.0f} s (run {self.run!r}): {err}"
                     ) from None
                 if not failed:
-                    log.warning(
-                        "Redis at %s unreachable (%s): waiting up to %.0f s", self.address, err, limit
-                    )
+                    log.warning("Redis at %s unreachable (%s): waiting up to %.0f s", self.address, err, limit)
                     failed = True
                 if not outage_handled:
                     outage_handled = self._handle_outage()

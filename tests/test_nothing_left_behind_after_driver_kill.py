@@ -75,9 +75,11 @@ def test_kill_9_of_the_driver_leaves_no_process_behind(tmp_path):
 
 def test_a_zombie_driver_counts_as_gone(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "FLEXGRPO_OWNER"} | {"PYTHONPATH": str(REPO)}
-    code = "from orchestration.watchdog import start_watchdog; import subprocess, sys, time\n" \
-        "print(start_watchdog(), flush=True)\n" \
+    code = (
+        "from orchestration.watchdog import start_watchdog; import subprocess, sys, time\n"
+        "print(start_watchdog(), flush=True)\n"
         "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)'])\ntime.sleep(600)"
+    )
     driver = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, env=env)
     token = driver.stdout.readline().strip()
     try:
