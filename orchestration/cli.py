@@ -1,8 +1,14 @@
 """The `flexgrpo` command.
 
 flexgrpo train [RECIPE.yaml] [key=value ...]      run a training job (default recipe: configs/tiny.yaml)
-flexgrpo command RUN_DIR OP [--rewards FILE]     send an operator command to a running job
-flexgrpo status RUN_DIR                          print the run registry entry of a job
+flexgrpo status RUN_DIR                          a job's registry entry, lease, worker heartbeats, rejected commands
+flexgrpo command RUN_DIR OP [--rewards FILE] [--timeout S] [--no-wait]
+                                                 send an operator command and wait for its outcome
+flexgrpo audit RUN_DIR                           groups trained, dropped, lost, trained twice (exit 1 on any of the
+                                                 last two)
+
+Every error is one line on stderr and an exit code: 2 for usage and config errors, 1 for runtime ones. `status`
+and `command` import no torch (swap_reward's reward check aside).
 """
 
 from __future__ import annotations
@@ -12,10 +18,36 @@ import json
 import logging
 import os
 import sys
+import time
 from pathlib import Path
+from typing import Any, NoReturn
 
 from flexgrpo.config import ConfigError, load_config
-from flexgrpo.control_plane import COMMAND_OPS, CommandError, ControlPlane
+from flexgrpo.control_plane import (
+    COMMAND_OPS,
+    LIVE_STATUSES,
+    STATUS_FILE,
+    ControlPlane,
+    ControlPlaneUnavailable,
+    RunOwnedError,
+    read_status_file,
+)
+
+DEFAULT_COMMAND_TIMEOUT_S = 300.0
+
+
+class CliError(Exception):
+    """One line for the operator and the exit code (2: usage or config, 1: runtime)."""
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        print(f"{self.prog}: error: {message} (see {self.prog} --help)", file=sys.stderr)
+        raise SystemExit(2)
 
 
 def _quiet_libraries() -> None:
@@ -25,60 +57,169 @@ def _quiet_libraries() -> None:
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
 
 
-def _control(run_dir: str) -> ControlPlane:
-    url_file = Path(run_dir) / "redis_url"
+def _run_dir(arg: str) -> tuple[Path, str]:
+    """The run directory and its Redis URL, or a usage error that says what is wrong with it."""
+    run_dir = Path(arg)
+    if not run_dir.is_dir():
+        raise CliError(f"{arg} is not a directory: give the run directory (run.output_dir/run.name)", 2)
+    url_file = run_dir / "redis_url"
     if not url_file.is_file():
-        raise SystemExit(f"error: {url_file} not found: is {run_dir!r} the directory of a started run?")
-    return ControlPlane(url_file.read_text().strip(), Path(run_dir).name)
+        raise CliError(f"{arg} is not a run directory: no redis_url file (a job writes it when it starts)", 2)
+    return run_dir, url_file.read_text(encoding="utf-8").strip()
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="flexgrpo", description="Distributed GRPO for diffusion models.")
-    sub = parser.add_subparsers(dest="cmd", required=True)
-    p_train = sub.add_parser("train", help="run a training job")
-    p_train.add_argument("args", nargs="*", help="[RECIPE.yaml] [key=value ...]")
-    p_cmd = sub.add_parser("command", help="send an operator command to a running job")
-    p_cmd.add_argument("run_dir")
-    p_cmd.add_argument("op", choices=COMMAND_OPS)
-    p_cmd.add_argument("--rewards", help="swap_reward: YAML/JSON file with a list of reward specs")
-    p_status = sub.add_parser("status", help="print a job's registry entry")
-    p_status.add_argument("run_dir")
-    args = parser.parse_args(argv)
+def _connect(arg: str) -> tuple[Path, ControlPlane]:
+    """The run's control plane, failing at once (no outage wait) when its Redis is not running."""
+    run_dir, url = _run_dir(arg)
+    return run_dir, ControlPlane(url, run_dir.name, outage_timeout_s=0)
 
-    if args.cmd == "status":
-        control = _control(args.run_dir)
-        info = control.run_info() | {"heartbeat_age_s": {w: round(a, 1) for w, a in control.heartbeat_ages().items()}}
-        print(json.dumps(info, indent=2))
-        return 0
-    if args.cmd == "command":
-        extra = {}
-        if args.op == "swap_reward":
-            if not args.rewards:
-                raise SystemExit("error: swap_reward needs --rewards FILE (a list of reward specs)")
-            from omegaconf import OmegaConf
 
-            extra["rewards"] = OmegaConf.to_container(OmegaConf.load(args.rewards))
+def _not_running(control: ControlPlane) -> str:
+    return f"the Redis of run {control.run!r} is not running at {control.address} (the job has ended)"
+
+
+def _status(arg: str) -> int:
+    run_dir, control = _connect(arg)
+    try:
+        status = control.status()
+    except ControlPlaneUnavailable:
+        status = read_status_file(run_dir)
+        if status is None:
+            raise CliError(f"{_not_running(control)}, and {run_dir / STATUS_FILE} is missing", 1) from None
+        if status.get("status") in LIVE_STATUSES:  # written by a job that did not get to say how it ended
+            written = status.get("written_at")
+            known = isinstance(written, int | float)
+            when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(written)) if known else "unknown"
+            status["status"], status["last_beat"] = "lost", when
+        print(f"{_not_running(control)}; its last status, from {run_dir / STATUS_FILE}:", file=sys.stderr)
+    print(json.dumps(status, indent=2, default=str))
+    return 0
+
+
+def _read_rewards(path: str | None) -> list[dict[str, Any]]:
+    """A swap_reward's --rewards file: a YAML/JSON list of reward specs, checked like the config's `rewards`."""
+    if path is None:
+        raise CliError("swap_reward needs --rewards FILE (a YAML or JSON list of reward specs)", 2)
+    if not Path(path).is_file():
+        raise CliError(f"--rewards file {path} does not exist", 2)
+    from omegaconf import OmegaConf
+
+    try:
+        rewards = OmegaConf.to_container(OmegaConf.load(path))
+    except Exception as err:  # noqa: BLE001  (yaml and omegaconf raise many kinds)
+        raise CliError(f"cannot parse --rewards file {path}: {str(err).splitlines()[0]}", 2) from None
+    if not isinstance(rewards, list) or not rewards:
+        raise CliError(f"--rewards file {path} must hold a non-empty list of reward specs", 2)
+    from flexgrpo.config import Config, config_from_dict, to_dict
+    from reward_workers.registry import check_reward_specs
+
+    try:
+        check_reward_specs(config_from_dict(to_dict(Config()) | {"rewards": rewards}).rewards)
+    except ValueError as err:
+        raise CliError(f"--rewards file {path}: {err}", 2) from None
+    return rewards  # type: ignore[return-value]
+
+
+def _command(args: argparse.Namespace) -> int:
+    if args.op not in COMMAND_OPS:
+        raise CliError(f"unknown command {args.op!r}: one of {list(COMMAND_OPS)}", 2)
+    if args.rewards and args.op != "swap_reward":
+        raise CliError("--rewards goes with swap_reward only", 2)
+    _, control = _connect(args.run_dir)
+    extra = {"rewards": _read_rewards(args.rewards)} if args.op == "swap_reward" else {}
+    try:
+        if control.lease() is None:
+            raise CliError(f"run {control.run!r} has no live job to carry the command out (see flexgrpo status)", 1)
+        command_id = control.send_command(args.op, **extra)
+        if args.no_wait:
+            print(f"command {command_id} ({args.op}) sent")
+            return 0
+        outcome = control.wait_for_outcome(command_id, args.timeout)
+    except ControlPlaneUnavailable:
+        raise CliError(_not_running(control), 1) from None
+    except TimeoutError as err:
+        raise CliError(str(err), 1) from None
+    reason = f": {outcome['reason']}" if outcome["reason"] else ""
+    print(f"command {command_id} ({args.op}): {outcome['status']}{reason}")
+    return 0 if outcome["status"] == "done" else 1
+
+
+def _audit(arg: str) -> int:
+    run_dir, control = _connect(arg)
+    try:
+        return _print_audit(control)
+    except ControlPlaneUnavailable:
+        pass
+    return _audit_stored(run_dir, control)
+
+
+def _audit_stored(run_dir: Path, live: ControlPlane) -> int:
+    """Audit a finished run: a redis-server of its own on a copy of RUN_DIR/redis (the run's files stay as
+    they are), loaded from the append-only file, stopped afterwards."""
+    import shutil
+    import tempfile
+
+    from cluster.embedded_redis import EmbeddedRedis
+
+    data = run_dir / "redis"
+    if not data.is_dir():
+        raise CliError(f"{_not_running(live)}, and its data folder {data} is missing", 1)
+    with tempfile.TemporaryDirectory(prefix="flexgrpo-audit-") as tmp:
+        copy = Path(tmp) / "redis"
+        shutil.copytree(data, copy, ignore=shutil.ignore_patterns("redis.log"))
         try:
-            _control(args.run_dir).send_command(args.op, **extra)
-        except CommandError as err:
-            raise SystemExit(f"error: {err}") from None
-        return 0
+            server = EmbeddedRedis(copy)
+            url = server.start()
+        except RuntimeError as err:
+            raise CliError(f"cannot read the stored Redis of {run_dir}: {err}", 1) from None
+        try:
+            print(f"(the job's Redis is not running: read {data} with a redis-server of its own)", file=sys.stderr)
+            return _print_audit(ControlPlane(url, live.run, outage_timeout_s=10))
+        finally:
+            server.stop()
 
-    recipe = args.args[0] if args.args and "=" not in args.args[0] else None
-    overrides = args.args[1:] if recipe else args.args
+
+def _print_audit(control: ControlPlane) -> int:
+    final_step = int(control.run_info().get("step", 0))
+    report = control.audit(final_step)
+    dropped = ", ".join(f"{reason}: {n}" for reason, n in sorted(report.dropped.items()))
+    print(f"run {control.run}: {final_step} steps in the final weights")
+    print(f"groups trained:       {report.trained}")
+    print(f"groups dropped:       {sum(report.dropped.values())}" + (f" ({dropped})" if dropped else ""))
+    print(f"groups lost:          {len(report.lost)}" + _some(report.lost))
+    print(f"groups trained twice: {len(report.trained_twice)}" + _some(report.trained_twice))
+    print("audit passed" if report.ok else "audit FAILED: groups lost or trained twice")
+    return 0 if report.ok else 1
+
+
+def _some(ids: list[str], shown: int = 20) -> str:
+    if not ids:
+        return ""
+    return " (" + " ".join(ids[:shown]) + (f" ... {len(ids) - shown} more" if len(ids) > shown else "") + ")"
+
+
+def _train(argv: list[str]) -> int:
+    recipe = argv[0] if argv and "=" not in argv[0] else None
+    overrides = argv[1:] if recipe else argv
     try:
         cfg = load_config(recipe, overrides)
     except ConfigError as err:
         print(f"config error: {err}", file=sys.stderr)
         return 2
+    from orchestration.watchdog import start_watchdog
+
+    start_watchdog()  # before anything starts: whatever the job starts dies with it
     _quiet_libraries()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")
     from tqdm.contrib.logging import logging_redirect_tqdm
 
     from orchestration.driver import train
 
-    with logging_redirect_tqdm():
-        summary = train(cfg)
+    try:
+        with logging_redirect_tqdm():
+            summary = train(cfg)
+    except (RunOwnedError, ControlPlaneUnavailable) as err:
+        raise CliError(str(err), 1) from None
     print(f"run directory: {summary.run_dir}")
     means, k = summary.reward_means, max(1, len(summary.reward_means) // 5)
     if means:
@@ -87,6 +228,44 @@ def main(argv: list[str] | None = None) -> int:
     if summary.lora_dir:
         print(f"LoRA (diffusers format): {summary.lora_dir}")
     return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="flexgrpo", description="Distributed GRPO for diffusion models.")
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    p_train = sub.add_parser("train", help="run a training job")
+    p_train.add_argument("args", nargs="*", help="[RECIPE.yaml] [key=value ...]")
+    p_status = sub.add_parser("status", help="a job's registry entry, lease, heartbeats and rejected commands")
+    p_status.add_argument("run_dir")
+    p_cmd = sub.add_parser("command", help="send an operator command to a running job and wait for its outcome")
+    p_cmd.add_argument("run_dir")
+    p_cmd.add_argument("op", help=f"one of {', '.join(COMMAND_OPS)}")
+    p_cmd.add_argument("--rewards", help="swap_reward: YAML/JSON file with a list of reward specs")
+    p_cmd.add_argument(
+        "--timeout", type=float, default=DEFAULT_COMMAND_TIMEOUT_S, help="seconds to wait for the outcome"
+    )
+    p_cmd.add_argument("--no-wait", action="store_true", help="send and return without waiting for the outcome")
+    p_audit = sub.add_parser("audit", help="check from the ledger that every group was trained exactly once")
+    p_audit.add_argument("run_dir")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = _parser().parse_args(argv)
+    except SystemExit as exit_:  # --help, or a usage error already printed as one line
+        return exit_.code if isinstance(exit_.code, int) else 2
+    try:
+        if args.cmd == "status":
+            return _status(args.run_dir)
+        if args.cmd == "command":
+            return _command(args)
+        if args.cmd == "audit":
+            return _audit(args.run_dir)
+        return _train(args.args)
+    except CliError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return err.code
 
 
 if __name__ == "__main__":
