@@ -25,3 +25,10 @@ python -m pytest -m gpu -q -p no:cacheprovider tests
 
 echo "== sampler overhead: flexgrpo SDE rollout vs diffusers Euler loop, SD3.5-M size, bf16, 512 px"
 python benchmarks/bench_sampler_overhead.py
+
+echo "== weight sync: bucketed publish vs a raw NCCL broadcast, 2 receivers (one rank per GPU)"
+if python -c "import sys, torch; sys.exit(torch.cuda.device_count() < 3)"; then
+  python benchmarks/bench_weight_sync.py --device cuda
+else
+  echo "skipped: NCCL needs one GPU per rank (3); run it on CPU: python benchmarks/bench_weight_sync.py"
+fi
