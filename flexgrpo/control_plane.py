@@ -246,6 +246,7 @@ class ControlPlane:
         self.on_outage = on_outage
         self.outage_timeout_s = outage_timeout_s
         self._outage_lock = threading.Lock()
+        self._recovered_at = 0.0  # monotonic time the last on_outage call returned
         text, raw = _client(url, decode=True), _client(url, decode=False)
         self.redis = _Retrying(text, self._retry)  # decodes replies to str
         self._raw = _Retrying(raw, self._retry)  # bytes: what an operator pushed, undecoded
@@ -284,7 +285,7 @@ class ControlPlane:
                     log.warning("Redis at %s unreachable (%s): waiting up to %.0f s", self.address, err, limit)
                     failed = True
                 if not outage_handled:
-                    outage_handled = self._handle_outage()
+                    outage_handled = self._handle_outage(start)
                 time.sleep(min(delay, max(0.0, limit - waited)))
                 delay = min(delay * 2, 5.0)
                 continue
@@ -292,14 +293,18 @@ class ControlPlane:
                 log.warning("Redis at %s is back after %.1f s", self.address, time.monotonic() - start)
             return result
 
-    def _handle_outage(self) -> bool:
-        """Run `on_outage` once per outage (one thread at a time); False when it failed, so it is tried again."""
+    def _handle_outage(self, failed_at: float) -> bool:
+        """Run `on_outage` once per outage, one thread at a time, not again for a failure that began before the
+        last recovery (two threads hit by one outage restart the server once); False when it failed, so that it
+        is tried again."""
         if self.on_outage is None:
             return True
         if not self._outage_lock.acquire(blocking=False):
             return True  # another thread is handling it
         try:
-            self.on_outage()
+            if self._recovered_at < failed_at:
+                self.on_outage()
+                self._recovered_at = time.monotonic()
             return True
         except Exception:  # noqa: BLE001  (a failed restart is retried at the next attempt)
             log.exception("on_outage failed; retrying")

@@ -68,3 +68,26 @@ def test_an_outage_longer_than_the_timeout_is_one_clear_error(tmp_path):
         control.update_run(status="running")
     assert 0.5 <= time.monotonic() - start < 2
     assert server.password not in str(err.value)
+
+
+def test_threads_hit_by_one_outage_restart_the_server_once(tmp_path):
+    server = EmbeddedRedis(tmp_path / "redis")
+    url = server.start()
+    restarts = []
+
+    def restart() -> None:
+        restarts.append(threading.current_thread().name)
+        server.restart()
+
+    try:
+        control = ControlPlane(url, "outage", on_outage=restart, outage_timeout_s=30)
+        control.update_run(status="running")
+        kill_9(server)
+        readers = [threading.Thread(target=control.run_info, name=f"reader-{i}") for i in range(4)]
+        for reader in readers:
+            reader.start()
+        for reader in readers:
+            reader.join()
+        assert len(restarts) == 1 and control.run_info()["status"] == "running"
+    finally:
+        server.stop()

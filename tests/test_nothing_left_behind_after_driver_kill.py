@@ -95,3 +95,26 @@ def test_a_zombie_driver_counts_as_gone(tmp_path):
     finally:
         driver.kill()
         driver.wait()
+
+
+def test_the_embedded_redis_dies_with_its_parent_even_without_a_watchdog(tmp_path):
+    code = (
+        "import sys, time; from cluster.embedded_redis import EmbeddedRedis\n"
+        "server = EmbeddedRedis(sys.argv[1]); server.start(); print(server.process.pid, flush=True); time.sleep(600)"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "FLEXGRPO_OWNER"} | {"PYTHONPATH": str(REPO)}
+    parent = subprocess.Popen(
+        [sys.executable, "-c", code, str(tmp_path / "redis")], stdout=subprocess.PIPE, text=True, env=env
+    )
+    redis_pid = int(parent.stdout.readline())
+    try:
+        assert alive(redis_pid)
+        parent.send_signal(signal.SIGKILL)
+        parent.wait()
+        deadline = time.monotonic() + 5
+        while alive(redis_pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not alive(redis_pid)
+    finally:
+        if alive(redis_pid):
+            os.kill(redis_pid, signal.SIGKILL)
