@@ -1,6 +1,15 @@
-"""The rollout worker: holds a copy of the policy, samples prompt groups, takes weight updates between groups."""
+"""The rollout worker: holds a copy of the policy, samples prompt groups, takes weight updates between groups.
+
+Weights arrive while a group is being sampled: `receive_weights` runs in the actor's "weights" thread (a Ray
+concurrency group of its own) and fills a staging copy of the trained parameters; `sample` switches to the
+newest staged version before it starts a group, so a group never mixes versions and a publish never waits for
+a group to finish.
+"""
 
 from __future__ import annotations
+
+import threading
+import time
 
 import torch
 
@@ -8,45 +17,86 @@ from actors.policies import build_policy
 from actors.policies.base import trainable_parameters
 from actors.rollout import sample_eval_group, sample_group
 from flexgrpo.config import PolicyConfig, SamplerConfig
+from flexgrpo.heartbeat import Heartbeating
 from flexgrpo.records import MediaGroup, PromptGroup, TrajectoryGroup, WeightUpdate
-from flexgrpo.weight_transport import WeightSyncGroup, empty_buffer, unpack_into
+from flexgrpo.weight_transport import WeightSyncGroup, receive
+
+WEIGHTS_THREAD = "weights"  # the Ray concurrency group that receives weights beside sampling
 
 
-class RolloutWorker:
-    def __init__(self, policy_cfg: PolicyConfig, sampler_cfg: SamplerConfig, *, run_seed: int) -> None:
+class RolloutWorker(Heartbeating):
+    def __init__(
+        self,
+        policy_cfg: PolicyConfig,
+        sampler_cfg: SamplerConfig,
+        *,
+        run_seed: int,
+        hold_s: float = 0.0,
+        version_timeout_s: float = 900.0,
+    ) -> None:
         self.device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
         self.policy = build_policy(policy_cfg, self.device)
         self.params = trainable_parameters(self.policy.transformer)  # what the learner trains and sends
         self.policy.transformer.requires_grad_(False)  # sampling needs no gradients
         self.sampler_cfg = sampler_cfg
-        self.run_seed = run_seed
-        self.version = 0
+        self.run_seed, self.hold_s, self.version_timeout_s = run_seed, hold_s, version_timeout_s
+        self.version = 0  # version of the weights groups are sampled with
+        self._staging = {n: torch.empty_like(p) for n, p in self.params.items()}  # the newest received weights
+        self._staged_version = 0  # version held in _staging (not newer than `version` until a publish arrives)
+        self._staged = threading.Condition()  # guards _staging and _staged_version
         self._sync: WeightSyncGroup | None = None
 
     def ready(self) -> int:
         """Answers once the actor is up (after a restart too); returns its current version."""
         return self.version
 
-    def sample(self, group: PromptGroup) -> tuple[TrajectoryGroup, MediaGroup]:
-        """Sample one group at the current policy version (a group never mixes versions)."""
-        return sample_group(self.policy, group, self.sampler_cfg, run_seed=self.run_seed, policy_version=self.version)
+    def sample(self, group: PromptGroup, min_version: int = 0) -> tuple[TrajectoryGroup, MediaGroup]:
+        """Sample one group with the newest weights received, waiting until they are at least `min_version`."""
+        self._switch_weights(min_version)
+        out = sample_group(self.policy, group, self.sampler_cfg, run_seed=self.run_seed, policy_version=self.version)
+        if self.hold_s:
+            time.sleep(self.hold_s)  # benchmarks and tests: stands in for a GPU-bound sampler, leaving the CPU free
+        return out
 
-    def evaluate(self, group: PromptGroup) -> MediaGroup:
-        """ODE samples of `group` at the current version, `eval_num_steps` steps, reproducible by seed."""
+    def evaluate(self, group: PromptGroup, min_version: int = 0) -> MediaGroup:
+        """ODE samples of `group`, `eval_num_steps` steps, reproducible by seed, at version >= `min_version`."""
+        self._switch_weights(min_version)
         return sample_eval_group(
             self.policy, group, self.sampler_cfg, run_seed=self.run_seed, policy_version=self.version
         )
 
     def join_weight_sync(self, host: str, port: int, rank: int, world_size: int) -> None:
+        """Join a (new) weight-sync group; call it in the weights thread, after any receive in progress."""
         self._sync = WeightSyncGroup(host, port, rank, world_size, self.device)
 
     def receive_weights(self, header: WeightUpdate) -> int:
-        """Receive the learner's broadcast of `header` and load it; returns the new policy version."""
+        """Receive `header.version` from the learner into the staging copy; the next group switches to it.
+        Runs in the weights thread, beside a group being sampled. -> the version received"""
         assert self._sync is not None, "join_weight_sync first"
-        flat = self._sync.broadcast(empty_buffer(header, self.device))
-        unpack_into(self.params, header, flat)
-        self.version = header.version
-        return self.version
+        with self._staged:
+            receive(self._sync, header, into=self._staging)
+            self._staged_version = header.version
+            self._staged.notify_all()
+        return header.version
+
+    @torch.no_grad()
+    def _switch_weights(self, min_version: int) -> None:
+        """Between groups: load the newest staged weights, waiting for `min_version` to arrive if need be."""
+        with self._staged:
+            arrived = self._staged.wait_for(
+                lambda: max(self.version, self._staged_version) >= min_version, timeout=self.version_timeout_s
+            )
+            if not arrived:
+                raise TimeoutError(
+                    f"rollout worker waited {self.version_timeout_s:.0f} s for policy version {min_version}; "
+                    f"it holds {max(self.version, self._staged_version)}"
+                )
+            if self._staged_version > self.version:
+                for name, param in self.params.items():
+                    param.copy_(self._staging[name])
+                self.version = self._staged_version
 
     def trainable_state(self) -> dict[str, torch.Tensor]:
+        """A CPU copy of the weights the next group will be sampled with (the newest received)."""
+        self._switch_weights(0)
         return {n: p.detach().cpu().clone() for n, p in self.params.items()}

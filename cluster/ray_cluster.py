@@ -97,8 +97,11 @@ class RoleGroup:
         kwargs_per_rank: list[dict[str, Any]] | None = None,
         max_restarts: int = 0,
         max_concurrency: int = 1,
+        concurrency_groups: dict[str, int] | None = None,
     ) -> RoleGroup:
-        remote_cls = ray.remote(cls)
+        """Start one actor of `cls` per bundle. concurrency_groups: named threads of their own (Ray concurrency
+        groups), for methods called with `.options(concurrency_group=name)` beside the default thread."""
+        remote_cls = ray.remote(concurrency_groups=concurrency_groups)(cls) if concurrency_groups else ray.remote(cls)
         self.actors = [
             remote_cls.options(
                 name=f"{self.name}-{rank}",

@@ -15,7 +15,9 @@ from omegaconf.errors import OmegaConfBaseException
 SAMPLER_KINDS = ("cps", "dance", "ode", "sde")
 TRAIN_TIMESTEP_CHOICES = ("fraction", "random", "window")
 DTYPES = ("bf16", "fp16", "fp32")
-REWARD_COMBINE = ("advantage", "sum")
+REWARD_COMBINE = ("advantage", "gdpo", "sum")
+JUDGE_PROTOCOLS = ("official", "robust")
+WANDB_MODES = ("disabled", "offline", "online")
 REFERENCE_PLACEMENTS = ("cpu", "gpu", "none")
 SYNC_SNAPSHOTS = ("cpu", "device")
 DEFAULT_RECIPE = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
@@ -33,6 +35,7 @@ class RunConfig:
     num_steps: int = 30  # learner steps (GRPO updates) to run
     checkpoint_every: int = 0  # checkpoint every N steps (0: only at the end, on SIGTERM and on command)
     resume: bool = True  # continue from the run directory's latest checkpoint when there is one
+    keep_checkpoints: int = 3  # complete checkpoints kept in the run directory (older ones are deleted)
 
 
 @dataclass
@@ -48,6 +51,8 @@ class ClusterConfig:
     num_cpus: int | None = None  # local Ray only: CPUs to declare (null: all)
     num_gpus: int = 3  # local Ray only: GPUs to declare (logical ones on a CPU machine)
     redis_url: str | None = None  # control-plane Redis; null starts an embedded one in the run directory
+    max_restarts: int = 5  # restarts of dead actors (rollout, reward, learner) allowed within restart_window_s
+    restart_window_s: float = 600.0  # the window of the restart budget; a job past the budget fails
     rollout: PoolConfig = field(default_factory=PoolConfig)  # the policy's sampling pool
     reward: PoolConfig = field(default_factory=PoolConfig)  # the reward models' pool
     learner: PoolConfig = field(default_factory=PoolConfig)  # the DeepSpeed learner's ranks
@@ -105,8 +110,9 @@ class GRPOConfig:
     kl_beta: float = 0.0  # weight of the KL to the reference policy (LoRA disabled); 0 skips the reference
     adv_clip: float = 5.0  # advantages are clamped to +-adv_clip
     global_std: bool = False  # normalise by the std over the whole step instead of per prompt
-    max_staleness: int = 0  # how many versions actors may run ahead of the learner (0: synchronous)
-    reward_combine: str = "sum"  # several rewards: sum (weighted rewards) or advantage (weighted advantages)
+    max_staleness: int = 0  # a group trains at most this many versions after the policy that sampled it (0: sync)
+    is_weight_cap: float = 2.0  # decoupled PPO: behaviour importance weights pi_prox / pi_behav truncated here
+    reward_combine: str = "sum"  # sum (weighted rewards), advantage (weighted advantages), gdpo (Pref-GRPO mixing)
 
 
 @dataclass
@@ -120,11 +126,14 @@ class RewardSpec:
     max_concurrency: int = 16  # http backend: requests in flight
     timeout_s: float = 120.0  # http backend: per-request timeout
     max_retries: int = 2  # retries of a failed or garbled judgement before it counts as a tie
-    max_new_tokens: int = 1024  # judge reply length
-    structured_output: bool = False  # constrain judge replies to the reply JSON schema
+    max_new_tokens: int = 4096  # judge reply length (the authors' max_tokens; Flex writes its winner last)
+    protocol: str = "official"  # judges: official (the authors' reply reading and reward rule) or robust (lenient)
+    temperature: float | None = None  # judges: null uses the model's generation defaults (as served); 0: greedy
+    thinking: bool = False  # judges: the chat template's enable_thinking (Qwen3.5 judges are served with it off)
+    structured_output: bool = False  # opt-in: constrain judge replies to the reply JSON schema (changes replies)
     both_orders: bool = False  # pairwise judges: judge (i, j) and (j, i) to cancel position bias
     pairs_per_sample: int | None = None  # pairwise judges: compare each sample with k others (null: all pairs)
-    structured_text_chars: int = 512  # structured outputs: most characters in each free-text field of a reply
+    structured_text_chars: int | None = None  # structured outputs: cap on each free-text field (null: none)
     video_frames: int = 8  # judges: frames taken evenly from each video (a pairwise request holds twice this)
 
 
@@ -136,6 +145,7 @@ class LearnerConfig:
     grad_clip: float = 1.0  # gradient norm clip
     zero_stage: int = 2  # DeepSpeed ZeRO stage (0-3)
     micro_batch_size: int = 8  # samples per forward/backward; gradients accumulate over samples and steps
+    updates_per_step: int = 1  # optimizer steps per learner step (the step's micro-batches split evenly)
     offload: bool = False  # ZeRO-3 only: keep parameters and optimizer state in CPU memory (fits larger policies)
     activation_checkpointing: bool = False  # recompute the transformer's block activations in the backward pass
     reference: str = "gpu"  # full fine-tune, kl_beta > 0: frozen copy on the device (gpu), CPU via ZeRO-3 (cpu), none
@@ -158,9 +168,28 @@ class EvalConfig:
 
 
 @dataclass
+class WandbConfig:
+    project: str | None = None  # Weights & Biases project; null turns W&B logging off
+    entity: str | None = None  # W&B team or user (null: your default)
+    mode: str = "online"  # online, offline (sync later with `wandb sync`) or disabled
+
+
+@dataclass
 class LoggingConfig:
     tensorboard: bool = True  # write TensorBoard events next to metrics.jsonl
     sample_grid_every: int = 0  # save a sample grid every N steps (0: only at the first and last step)
+    wandb: WandbConfig = field(default_factory=WandbConfig)  # optional Weights & Biases logging
+
+
+@dataclass
+class HoldsConfig:
+    """Benchmarks and tests: a sleep per unit of work in one stage, standing in for a GPU-bound stage (the CPU
+    stays free). Leave at 0 for real runs."""
+
+    rollout_s: float = 0.0  # after sampling each group (on the workers listed in rollout_workers)
+    rollout_workers: list[int] | None = None  # indices of the held rollout workers (null: all)
+    reward_s: float = 0.0  # after scoring each group
+    learner_s: float = 0.0  # after each learner step
 
 
 @dataclass
@@ -177,6 +206,7 @@ class Config:
     prompts: PromptsConfig = field(default_factory=PromptsConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    holds: HoldsConfig = field(default_factory=HoldsConfig)
 
 
 def load_config(recipe: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
@@ -236,6 +266,7 @@ def validate(cfg: Config) -> None:
     """Reject values that cannot run, naming the key. Names of swappable parts are checked by their tables."""
     _positive("run.num_steps", cfg.run.num_steps)
     _positive("run.checkpoint_every", cfg.run.checkpoint_every, allow_zero=True)
+    _positive("run.keep_checkpoints", cfg.run.keep_checkpoints)
     _one_of("policy.dtype", cfg.policy.dtype, DTYPES)
     for key in ("height", "width", "num_frames", "max_sequence_length"):
         _positive(f"policy.{key}", getattr(cfg.policy, key))
@@ -276,6 +307,8 @@ def validate(cfg: Config) -> None:
     _positive("grpo.adv_clip", g.adv_clip)
     _positive("grpo.max_staleness", g.max_staleness, allow_zero=True)
     _one_of("grpo.reward_combine", g.reward_combine, REWARD_COMBINE)
+    if g.is_weight_cap < 1:
+        raise ConfigError(f"grpo.is_weight_cap must be >= 1 (on-policy weights are 1), got {g.is_weight_cap}")
     if g.kl_beta > 0 and not cfg.policy.lora.enabled and cfg.learner.reference == "none":
         raise ConfigError(
             "grpo.kl_beta > 0 needs a reference policy: set learner.reference to gpu or cpu (a frozen copy), "
@@ -294,7 +327,12 @@ def validate(cfg: Config) -> None:
         _positive(f"rewards[{i}].max_concurrency", spec.max_concurrency)
         _positive(f"rewards[{i}].timeout_s", spec.timeout_s)
         _positive(f"rewards[{i}].max_retries", spec.max_retries, allow_zero=True)
-        _positive(f"rewards[{i}].structured_text_chars", spec.structured_text_chars)
+        _positive(f"rewards[{i}].max_new_tokens", spec.max_new_tokens)
+        _one_of(f"rewards[{i}].protocol", spec.protocol, JUDGE_PROTOCOLS)
+        if spec.temperature is not None:
+            _positive(f"rewards[{i}].temperature", spec.temperature, allow_zero=True)
+        if spec.structured_text_chars is not None:
+            _positive(f"rewards[{i}].structured_text_chars", spec.structured_text_chars)
         _positive(f"rewards[{i}].video_frames", spec.video_frames)
         if spec.pairs_per_sample is not None and not 1 <= spec.pairs_per_sample < g.group_size:
             raise ConfigError(
@@ -307,6 +345,7 @@ def validate(cfg: Config) -> None:
     _positive("learner.weight_decay", lr.weight_decay, allow_zero=True)
     _positive("learner.grad_clip", lr.grad_clip)
     _positive("learner.micro_batch_size", lr.micro_batch_size)
+    _positive("learner.updates_per_step", lr.updates_per_step)
     if lr.zero_stage not in (0, 1, 2, 3):
         raise ConfigError(f"learner.zero_stage must be one of [0, 1, 2, 3], got {lr.zero_stage}")
     if len(lr.adam_betas) != 2 or not all(0 <= b < 1 for b in lr.adam_betas):
@@ -320,11 +359,16 @@ def validate(cfg: Config) -> None:
         if getattr(lr, key) in (True, "cpu") and lr.zero_stage != 3:
             raise ConfigError(f"learner.{key} offloads to CPU through ZeRO-3: set learner.zero_stage=3")
     _positive("logging.sample_grid_every", cfg.logging.sample_grid_every, allow_zero=True)
+    _one_of("logging.wandb.mode", cfg.logging.wandb.mode, WANDB_MODES)
+    for key in ("rollout_s", "reward_s", "learner_s"):
+        _positive(f"holds.{key}", getattr(cfg.holds, key), allow_zero=True)
     _positive("eval.every", cfg.eval.every, allow_zero=True)
     _positive("eval.num_prompts", cfg.eval.num_prompts)
     _positive("eval.samples_per_prompt", cfg.eval.samples_per_prompt)
 
     c = cfg.cluster
+    _positive("cluster.max_restarts", c.max_restarts, allow_zero=True)
+    _positive("cluster.restart_window_s", c.restart_window_s)
     for pool in ("rollout", "reward", "learner"):
         p: PoolConfig = getattr(c, pool)
         _positive(f"cluster.{pool}.num_workers", p.num_workers)

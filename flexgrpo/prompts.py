@@ -33,16 +33,10 @@ def load_prompts(cfg: PromptsConfig) -> list[str]:
     return prompts
 
 
-def groups_for_step(
-    prompts: list[str], step: int, *, groups_per_step: int, group_size: int, seed: int
-) -> list[PromptGroup]:
-    """The prompt groups of one training step: a deterministic function of the step, so a resumed run
-    draws exactly what the interrupted one would have. Prompts go in a fresh shuffled order every epoch."""
-    out = []
-    for j in range(groups_per_step):
-        index = step * groups_per_step + j
-        epoch, position = divmod(index, len(prompts))
-        order = list(range(len(prompts)))
-        random.Random(seed * 1_000_003 + epoch).shuffle(order)
-        out.append(PromptGroup(f"s{step}-g{j}", prompts[order[position]], group_size, seed=index))
-    return out
+def prompt_group(prompts: list[str], index: int, *, group_size: int, seed: int) -> PromptGroup:
+    """Group `index` of the run's prompt stream: a deterministic function of the index, so a resumed run or a
+    re-admitted group draws exactly the same prompt and noise. Prompts come in a fresh shuffled order every epoch."""
+    epoch, position = divmod(index, len(prompts))
+    order = list(range(len(prompts)))
+    random.Random(seed * 1_000_003 + epoch).shuffle(order)
+    return PromptGroup(f"g{index:06d}", prompts[order[position]], group_size, seed=index)

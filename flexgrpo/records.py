@@ -15,12 +15,12 @@ from dataclasses import dataclass, field
 
 import torch
 
-RECORD_SCHEMA = 1
+RECORD_SCHEMA = 2
 
 
 @dataclass(frozen=True)
 class PromptGroup:
-    group_id: str  # unique over the run: "s{step}-g{index}" for training, "eval-{index}" for evaluation
+    group_id: str  # unique over the run: "g{index:06d}" for training, "eval-{index}" for evaluation
     prompt: str
     group_size: int  # G: samples to draw for this prompt
     seed: int  # base seed; sample i draws its noise from a generator seeded by (seed, i)
@@ -80,14 +80,28 @@ class ScoredGroup:
     """Rewards of one group, from one version of the reward spec."""
 
     group_id: str
+    prompt: str  # groups of the same prompt in a learner step share their advantage statistics
     policy_version: int
     reward_version: int  # the reward spec that scored it; groups of different versions are never normalised together
     rewards: torch.Tensor  # [G] float32 combined reward
-    components: dict[str, torch.Tensor]  # reward name -> [G] float32 reward of that model (before weighting)
+    components: dict[str, torch.Tensor]  # reward name -> [G] float32 reward of that model (before weighting);
+    # Flex also gives "<name>/overall", "<name>/category" [G] float32 win rates and "<name>/category_mask" [G]
+    # float32 1.0 where the sample has category evidence (what reward_combine gdpo mixes)
+    weights: dict[str, float] = field(default_factory=dict)  # reward name -> its weight in the spec that scored it
     details: list[dict] = field(default_factory=list)  # judge's parsed replies etc., JSON-able, for logs
     unparsed: int = 0  # judge replies that did not parse (counted as ties)
     requests: int = 0  # judge requests made for this group
+    first_position_wins: int = 0  # pairwise judges: decided judgements won by the sample shown first
+    position_decided: int = 0  # pairwise judges: judgements with a winner (first_position_wins / this = position bias)
     schema: int = RECORD_SCHEMA
+
+
+@dataclass(frozen=True)
+class TrainedStep:
+    """Learner rank -> driver: the outcome of one learner step. The learner owns the policy version."""
+
+    version: int  # policy version of the weights after this step
+    metrics: dict[str, float]  # loss/, offpolicy/ figures of this rank
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ import copy
 import importlib
 import math
 import os
+import time
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager, nullcontext
@@ -23,9 +24,10 @@ from actors.policies import build_policy
 from actors.policies.base import adapter_disabled, batch_embeddings, guided_velocity, trainable_parameters
 from actors.samplers import get_sampler
 from flexgrpo.config import GRPOConfig, LearnerConfig, PolicyConfig, SamplerConfig
-from flexgrpo.records import PromptEmbedding, TrajectoryGroup, WeightUpdate
+from flexgrpo.heartbeat import Heartbeating
+from flexgrpo.records import PromptEmbedding, ScoredGroup, TrainedStep, TrajectoryGroup, WeightUpdate
 from flexgrpo.weight_transport import WeightSyncGroup, describe, send
-from learner.grpo import clipped_policy_loss, kl_to_reference
+from learner.grpo import decoupled_policy_loss, kl_to_reference, staleness_histogram, step_advantages
 
 
 def trained_steps_per_sample(cfg: SamplerConfig) -> int:
@@ -60,7 +62,7 @@ def zero_optimization(cfg: LearnerConfig) -> dict:
     return zero
 
 
-class GRPOLearner:
+class GRPOLearner(Heartbeating):
     def __init__(
         self,
         policy_cfg: PolicyConfig,
@@ -72,6 +74,7 @@ class GRPOLearner:
         world_size: int = 1,
         master_addr: str = "127.0.0.1",
         master_port: int = 29500,
+        hold_s: float = 0.0,
     ) -> None:
         import deepspeed
 
@@ -91,6 +94,12 @@ class GRPOLearner:
             )
         self.micro_batch = min(learner_cfg.micro_batch_size, samples_per_rank)
         micro_batches = math.ceil(samples_per_rank / self.micro_batch) * trained_steps_per_sample(sampler_cfg)
+        self.updates_per_step, self.hold_s = learner_cfg.updates_per_step, hold_s
+        if micro_batches % self.updates_per_step:
+            raise ValueError(
+                f"learner.updates_per_step ({self.updates_per_step}) must divide the {micro_batches} micro-batches "
+                "of a learner step (samples per rank / micro_batch_size, times the trained steps per sample)"
+            )
         self.params = trainable_parameters(self.policy.transformer)
         self.transformer, self.lora = self.policy.transformer, policy_cfg.lora.enabled
         self.zero3 = learner_cfg.zero_stage == 3
@@ -109,7 +118,7 @@ class GRPOLearner:
         mixed_precision = None if policy_cfg.lora.enabled else policy_cfg.dtype
         ds_config = {
             "train_micro_batch_size_per_gpu": self.micro_batch,
-            "gradient_accumulation_steps": micro_batches,
+            "gradient_accumulation_steps": micro_batches // self.updates_per_step,
             "gradient_clipping": learner_cfg.grad_clip,
             "zero_optimization": zero_optimization(learner_cfg),
             "zero_allow_untested_optimizer": True,
@@ -133,10 +142,28 @@ class GRPOLearner:
         keeps_ema = self.ema_decay > 0 and (self.zero3 or rank == 0)
         self.ema = [s.detach().float().clone() for s in self._ema_sources()] if keeps_ema else []
 
+    def ready(self) -> int:
+        """Answers once the rank is up; returns its policy version."""
+        return self.version
+
     # ---- training -------------------------------------------------------------------------------------
 
-    def train_step(self, groups: list[TrajectoryGroup], advantages: list[Tensor]) -> dict[str, float]:
-        """One GRPO update on this rank's groups. advantages: one [G] tensor per group. -> metrics"""
+    def train_step(self, step_scores: list[ScoredGroup], *groups: TrajectoryGroup) -> TrainedStep:
+        """One learner step on this rank's groups (decoupled PPO; `updates_per_step` optimizer steps).
+
+        step_scores: the scores of every group of the step, on all ranks, so that advantages use the whole step's
+        per-prompt statistics. groups: this rank's share (separate arguments, so that Ray hands the ranks the
+        trajectories straight from the object store). A group more than `max_staleness` versions old is refused.
+        """
+        staleness = [self.version - s.policy_version for s in step_scores]
+        if max(staleness) > self.grpo_cfg.max_staleness:
+            raise ValueError(
+                f"a group sampled at version {self.version - max(staleness)} cannot train at version {self.version} "
+                f"(grpo.max_staleness = {self.grpo_cfg.max_staleness})"
+            )
+        by_id = dict(zip([s.group_id for s in step_scores], step_advantages(step_scores, self.grpo_cfg), strict=True))
+        advantages = [by_id[g.group_id] for g in groups]  # [G] per own group
+        prox = self._proximal_log_probs(list(groups)) if self.updates_per_step > 1 else None  # [G, K] per own group
         samples = [(g, i) for g, group in enumerate(groups) for i in range(group.group_size)]
         stats: list[dict[str, Tensor]] = []
         self.engine.train()
@@ -144,12 +171,20 @@ class GRPOLearner:
             chunk = samples[start : start + self.micro_batch]
             adv = torch.stack([advantages[g][i] for g, i in chunk]).to(self.device)  # [B]
             for k in range(groups[0].log_probs.shape[1]):
-                out, batch = self._rescore(groups, chunk, k, model=self.engine)
-                policy_loss, step_stats = clipped_policy_loss(
+                out, behaviour_log_prob = self._rescore(groups, chunk, k, model=self.engine)
+                # With one optimizer step per learner step, this forward runs at the proximal weights.
+                prox_log_prob = (
+                    out.log_prob.detach()
+                    if prox is None
+                    else torch.stack([prox[g][i, k] for g, i in chunk]).to(self.device)
+                )  # [B]
+                policy_loss, step_stats = decoupled_policy_loss(
                     log_prob=out.log_prob,
-                    old_log_prob=batch["old_log_prob"],
+                    prox_log_prob=prox_log_prob,
+                    behaviour_log_prob=behaviour_log_prob,
                     advantages=adv,
                     clip_range=self.grpo_cfg.clip_range,
+                    is_cap=self.grpo_cfg.is_weight_cap,
                 )
                 loss = policy_loss
                 if self.grpo_cfg.kl_beta > 0:
@@ -161,13 +196,24 @@ class GRPOLearner:
                 self.engine.backward(loss)
                 self.engine.step()
                 stats.append(step_stats | {"policy_loss": policy_loss.detach(), "loss": loss.detach()})
+        if self.hold_s:
+            time.sleep(self.hold_s)  # benchmarks: stands in for a GPU-bound learner, leaving the CPU free
         self._update_ema()
         self.version += 1
         metrics = {f"loss/{k}": torch.stack([s[k] for s in stats]).mean().item() for k in stats[0]}
+        for key in ("is_weight_mean", "is_weight_max", "is_truncated_frac", "kl_behaviour_prox", "behaviour_clip_frac"):
+            metrics[f"offpolicy/{key}"] = metrics.pop(f"loss/{key}")
+        metrics["offpolicy/is_weight_max"] = torch.stack([s["is_weight_max"] for s in stats]).max().item()
+        metrics |= staleness_histogram(staleness)
         grad_norm = self.engine.get_global_grad_norm()
         metrics["loss/grad_norm"] = float(grad_norm) if grad_norm is not None else float("nan")
         metrics["loss/micro_batches"] = float(len(stats))
-        return metrics
+        return TrainedStep(version=self.version, metrics=metrics)
+
+    @torch.no_grad()
+    def _proximal_log_probs(self, groups: list[TrajectoryGroup]) -> list[Tensor]:
+        """Log-probs of every transition at the weights before this step's first update. -> [G, K] per group"""
+        return [self.score_transitions(group).to(self.device) for group in groups]
 
     @torch.no_grad()
     def score_transitions(self, group: TrajectoryGroup) -> Tensor:
@@ -188,7 +234,8 @@ class GRPOLearner:
         return torch.cat(rows).cpu()
 
     def _rescore(self, groups: list[TrajectoryGroup], chunk: list[tuple[int, int]], k: int, model):
-        """Re-run step k of the samples in `chunk` under `model`, scoring the recorded next latents."""
+        """Re-run step k of the samples in `chunk` under `model`, scoring the recorded next latents.
+        -> (the step's result, the behaviour log-probs [B] recorded while sampling)"""
         d = self.device
         x = torch.stack([groups[g].latents[i, k] for g, i in chunk]).to(d)  # [B, *latent]
         x_next = torch.stack([groups[g].next_latents[i, k] for g, i in chunk]).to(d)  # [B, *latent]
@@ -201,8 +248,8 @@ class GRPOLearner:
         out = self.step_fn(
             x, v, sigma, next_sigma, noise_level=first.noise_level, sigma_1=first.schedule_sigma_1, next_latents=x_next
         )
-        old = torch.stack([groups[g].log_probs[i, k] for g, i in chunk]).to(d)  # [B]
-        return out, {"old_log_prob": old}
+        behaviour = torch.stack([groups[g].log_probs[i, k] for g, i in chunk]).to(d)  # [B]
+        return out, behaviour
 
     # ---- weights out ----------------------------------------------------------------------------------
 

@@ -1,35 +1,55 @@
-"""Where a run's checkpoints live, and the driver's part of them (the learner writes its own state).
+"""Where a run's checkpoints live, and how they are written so that a crash never leaves a half one as `latest`.
 
 <run_dir>/checkpoints/step_000120/   learner/ (DeepSpeed state), lora/ (diffusers format), run_state.json
 <run_dir>/checkpoints/latest         name of the newest complete checkpoint, written last
+
+A checkpoint is written into `step_000120.partial/`, renamed when complete, then `latest` is pointed at it;
+only the newest `keep` checkpoints are kept.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+PARTIAL = ".partial"
 
 
 @dataclass(frozen=True)
 class RunState:
-    step: int  # the next step to run
+    step: int  # the next step to run; the ledger is rolled back to it on resume
     policy_version: int
     reward_specs: dict[str, list[dict]]  # reward version (as a string, JSON keys) -> its reward specs
+    next_index: int = 0  # first index of the prompt stream not yet admitted when the checkpoint was taken
 
 
 def checkpoint_folder(run_dir: Path, step: int) -> Path:
     return run_dir / "checkpoints" / f"step_{step:06d}"
 
 
-def write_run_state(folder: Path, state: RunState) -> None:
-    """Write the run state, then point `latest` at this checkpoint (atomically, so a crash keeps the old one)."""
-    (folder / "run_state.json").write_text(json.dumps(asdict(state), indent=2), encoding="utf-8")
-    pointer = folder.parent / "latest"
+def write_checkpoint(run_dir: Path, state: RunState, save_roles: Callable[[Path], None], *, keep: int) -> Path:
+    """Write a complete checkpoint of `state.step`: the roles' state (`save_roles(folder)`), then the run state,
+    then the rename and the `latest` pointer; then drop all but the newest `keep` checkpoints."""
+    final = checkpoint_folder(run_dir, state.step)
+    partial = final.with_name(final.name + PARTIAL)
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    save_roles(partial)
+    (partial / "run_state.json").write_text(json.dumps(asdict(state), indent=2), encoding="utf-8")
+    if final.exists():  # the same step checkpointed again (after a resume): the new one replaces it
+        shutil.rmtree(final)
+    os.replace(partial, final)
+    pointer = final.parent / "latest"
     tmp = pointer.with_suffix(".tmp")
-    tmp.write_text(folder.name, encoding="utf-8")
+    tmp.write_text(final.name, encoding="utf-8")
     os.replace(tmp, pointer)
+    for old in sorted(p for p in final.parent.glob("step_*") if p.is_dir() and not p.name.endswith(PARTIAL))[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:

@@ -1,19 +1,28 @@
-"""The driver: `train(cfg)` runs a whole job top to bottom: Redis, Ray, the roles, resume, the loop, outputs."""
+"""The driver: `train(cfg)` runs a whole job top to bottom.
+
+1. claim the run directory (one owner per run: a lock file, then a Redis lease)
+2. the control plane: the configured Redis, or an embedded one restarted from its append-only file on an outage
+3. Ray and the roles (the composition root)
+4. resume from the latest checkpoint: the ledger, the metrics and the prompt stream roll back to it
+5. the trainer's loop, then the final outputs; the status ("finished", "stopped", "failed") is recorded
+"""
 
 from __future__ import annotations
 
 import logging
 import signal
+import socket
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from flexgrpo.config import Config, to_dict, to_yaml
-from flexgrpo.control_plane import ControlPlane
+from flexgrpo.control_plane import ControlPlane, write_status_file
 from orchestration.checkpoints import latest_checkpoint
+from orchestration.ownership import RunOwnership
 from orchestration.reporting import MetricsLogger, read_metrics
 from orchestration.roles import build_roles, preflight
-from orchestration.training_loop import TrainingLoop
+from orchestration.trainer import Trainer
 
 log = logging.getLogger("flexgrpo")
 
@@ -21,18 +30,19 @@ log = logging.getLogger("flexgrpo")
 @dataclass
 class RunSummary:
     run_dir: Path
+    status: str  # finished or stopped
     steps: int  # steps in the run's metrics (a resumed run counts the steps before it too)
     reward_means: list[float]  # per step
     lora_dir: Path | None
 
 
 @contextmanager
-def stop_on_sigterm(loop: TrainingLoop):
+def stop_on_sigterm(trainer: Trainer):
     """Pre-emption: SIGTERM ends the loop at the next step boundary, after a checkpoint."""
 
     def handler(signum, frame):
         log.warning("SIGTERM: checkpointing and stopping")
-        loop.stop_requested = True
+        trainer.operator.stop_requested = True
 
     previous = signal.signal(signal.SIGTERM, handler)
     try:
@@ -49,29 +59,48 @@ def train(cfg: Config) -> RunSummary:
     preflight(cfg)
     run_dir = Path(cfg.run.output_dir) / cfg.run.name
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(to_yaml(cfg), encoding="utf-8")
     with ExitStack() as stack:
-        redis_url = cfg.cluster.redis_url or stack.enter_context(EmbeddedRedis(run_dir / "redis"))
+        owner = stack.enter_context(RunOwnership(run_dir))  # a second job on this directory stops here
+        (run_dir / "config.yaml").write_text(to_yaml(cfg), encoding="utf-8")
+        if cfg.cluster.redis_url:
+            redis_url, on_outage = cfg.cluster.redis_url, None
+        else:
+            server = EmbeddedRedis(run_dir / "redis")
+            redis_url, on_outage = stack.enter_context(server), server.restart
         url_file = run_dir / "redis_url"  # how an operator reaches this run (flexgrpo command ...)
         url_file.write_text(redis_url + "\n", encoding="utf-8")
         url_file.chmod(0o600)
-        control = ControlPlane(redis_url, cfg.run.name)
+        control = ControlPlane(redis_url, cfg.run.name, on_outage=on_outage)
+        owner.start_lease(control)
+        stack.callback(owner.stop_lease)
         control.register_run(to_dict(cfg))
+        status = "failed"
+        stack.callback(lambda: _record_final_status(control, run_dir, status))
         stack.enter_context(ray_session(cfg.cluster, run_dir))
-        logger = stack.enter_context(MetricsLogger(run_dir, cfg.logging))
-        try:
-            roles = build_roles(cfg)
-            stack.callback(roles.shutdown)
-            loop = TrainingLoop(cfg, roles, control, logger, run_dir)
-            checkpoint = latest_checkpoint(run_dir) if cfg.run.resume else None
-            if checkpoint is not None:
-                loop.restore(checkpoint)
-            stack.enter_context(stop_on_sigterm(loop))
-            loop.run()
-            lora_dir = loop.save_lora(run_dir / "lora") if cfg.policy.lora.enabled else None
-        except BaseException:
-            control.update_run(status="failed")
-            raise
-        control.update_run(status="finished")
+        logger = stack.enter_context(MetricsLogger(run_dir, cfg.logging, run_config=to_dict(cfg)))
+        roles = build_roles(cfg, control)
+        stack.callback(roles.shutdown)
+        trainer = Trainer(cfg, roles, control, logger, run_dir)
+        trainer.restore(latest_checkpoint(run_dir) if cfg.run.resume else None)
+        stack.enter_context(stop_on_sigterm(trainer))
+        status = trainer.run()
+        lora_dir = trainer.save_lora(run_dir / "lora") if cfg.policy.lora.enabled else None
+        logger.plot_rewards()
     reward_means = [row["reward_mean"] for row in read_metrics(run_dir)]
-    return RunSummary(run_dir, len(reward_means), reward_means, lora_dir)
+    return RunSummary(run_dir, status, len(reward_means), reward_means, lora_dir)
+
+
+def _record_final_status(control: ControlPlane, run_dir: Path, status: str) -> None:
+    """The job's last word, in Redis and in status.json. Never raises over the error that ended the job: when
+    Redis is gone too, status.json still says how the job ended."""
+    final = {"status": status, "host": socket.gethostname()}
+    try:
+        control.on_outage, control.outage_timeout_s = None, 10.0  # the job is ending: do not wait long for Redis
+        control.update_run(status=status)
+        final = control.status() | final
+    except Exception as err:  # noqa: BLE001  (the failure path must not raise a second error)
+        log.error("could not record the final status %r in Redis: %s", status, err)
+    try:
+        write_status_file(run_dir, final)
+    except OSError as err:
+        log.error("could not write %s/status.json: %s", run_dir, err)

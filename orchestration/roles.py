@@ -9,9 +9,15 @@ from typing import TYPE_CHECKING
 import ray
 
 from flexgrpo.config import Config, PromptsConfig
+from flexgrpo.control_plane import ControlPlane
 
 if TYPE_CHECKING:
     from cluster.ray_cluster import RoleGroup
+
+
+# Reward workers take several groups at once: their judges batch the requests of all groups in flight, and a
+# swap builds its models while scoring goes on.
+REWARD_CALLS_AT_ONCE = 8
 
 
 @dataclass
@@ -48,39 +54,71 @@ def preflight(cfg: Config) -> None:
     load_prompts(PromptsConfig(file=cfg.eval.prompts_file))
 
 
-def build_roles(cfg: Config) -> Roles:
+def build_roles(cfg: Config, control: ControlPlane | None = None) -> Roles:
     """The composition root: one pool (placement group) per role, actors on it, the weight-sync group."""
-    from actors.rollout_worker import RolloutWorker
+    from actors.rollout_worker import WEIGHTS_THREAD, RolloutWorker
     from cluster.ray_cluster import RoleGroup
-    from learner.learner import GRPOLearner
     from reward_workers.reward_worker import RewardWorker
 
-    c = cfg.cluster
+    c, holds = cfg.cluster, cfg.holds
+    held = range(c.rollout.num_workers) if holds.rollout_workers is None else holds.rollout_workers
     rollout = RoleGroup(c.rollout, name="rollout").spawn(
         RolloutWorker,
         args=(cfg.policy, cfg.sampler),
-        kwargs_per_rank=[{"run_seed": cfg.run.seed}] * c.rollout.num_workers,
-        max_restarts=3,
+        kwargs_per_rank=[
+            {"run_seed": cfg.run.seed, "hold_s": holds.rollout_s if rank in held else 0.0}
+            for rank in range(c.rollout.num_workers)
+        ],
+        max_restarts=-1,  # the driver keeps the restart budget (per time window)
+        concurrency_groups={WEIGHTS_THREAD: 1},  # weights arrive while a group is being sampled
     )
     reward = RoleGroup(c.reward, name="reward").spawn(
         RewardWorker,
         args=(cfg.rewards,),
-        max_restarts=3,
-        max_concurrency=2,  # swaps build while scoring goes on
+        kwargs_per_rank=[{"hold_s": holds.reward_s}] * c.reward.num_workers,
+        max_restarts=-1,
+        max_concurrency=REWARD_CALLS_AT_ONCE,
     )
-    learner = RoleGroup(c.learner, name="learner")
+    roles = Roles(rollout, reward, spawn_learner(cfg))
+    connect_weight_sync(roles)
+    if control is not None:
+        start_heartbeats(roles, control)
+    return roles
+
+
+def start_heartbeats(roles: Roles, control: ControlPlane) -> None:
+    """Every actor beats on its own from now on (call again after an actor restarted)."""
+    ray.get(
+        [
+            actor.start_heartbeat.remote(control.url, control.run, name)
+            for group in roles.groups
+            for actor, name in zip(group.actors, group.actor_names, strict=True)
+        ]
+    )
+
+
+def spawn_learner(cfg: Config) -> RoleGroup:
+    """The DeepSpeed learner ranks on their pool, rendezvous on the node of rank 0 (also to replace a dead one)."""
+    from cluster.ray_cluster import RoleGroup
+    from learner.learner import GRPOLearner
+
+    pool = cfg.cluster.learner
+    learner = RoleGroup(pool, name="learner")
     master_addr, master_port = learner.rendezvous_address()  # DeepSpeed's rendezvous, on rank 0's node
-    learner.spawn(
+    return learner.spawn(
         GRPOLearner,
         args=(cfg.policy, cfg.sampler, cfg.grpo, cfg.learner),
         kwargs_per_rank=[
-            {"rank": r, "world_size": c.learner.num_workers, "master_addr": master_addr, "master_port": master_port}
-            for r in range(c.learner.num_workers)
+            {
+                "rank": r,
+                "world_size": pool.num_workers,
+                "master_addr": master_addr,
+                "master_port": master_port,
+                "hold_s": cfg.holds.learner_s,
+            }
+            for r in range(pool.num_workers)
         ],
     )
-    roles = Roles(rollout, reward, learner)
-    connect_weight_sync(roles)
-    return roles
 
 
 def wait_until_ready(actors: list, timeout_s: float) -> None:
@@ -98,10 +136,16 @@ def wait_until_ready(actors: list, timeout_s: float) -> None:
 
 
 def connect_weight_sync(roles: Roles) -> None:
-    """A fresh weight-sync group: learner rank 0 is rank 0, rollout workers are 1..N, on a group of their own."""
+    """A fresh weight-sync group: learner rank 0 is rank 0, rollout workers are 1..N, on a group of their own.
+    The workers join in their weights thread, after any weights they are still receiving."""
+    from actors.rollout_worker import WEIGHTS_THREAD
+
     host, port = roles.learner.rendezvous_address()
     world = 1 + len(roles.rollout)
     ray.get(
         [roles.learner.actors[0].join_weight_sync.remote(host, port, world)]
-        + [w.join_weight_sync.remote(host, port, 1 + i, world) for i, w in enumerate(roles.rollout.actors)]
+        + [
+            w.join_weight_sync.options(concurrency_group=WEIGHTS_THREAD).remote(host, port, 1 + i, world)
+            for i, w in enumerate(roles.rollout.actors)
+        ]
     )

@@ -41,25 +41,47 @@ def ray_local():
     ray.shutdown()
 
 
+def scored(trajectory, rewards: list[float], reward_version: int = 0):
+    """The ScoredGroup a reward worker would return for `trajectory` with these rewards (tests of the learner)."""
+    import torch
+
+    from flexgrpo.records import ScoredGroup
+
+    r = torch.tensor(rewards)
+    return ScoredGroup(
+        trajectory.group_id, trajectory.prompt, trajectory.policy_version, reward_version, r, {"reward": r}
+    )
+
+
+def copy_weights(learner, rollout) -> None:
+    """The learner's trained weights into a plain RolloutWorker, as a publish would (no gloo group)."""
+    import torch
+
+    with torch.no_grad():
+        for name, value in learner.trainable_state().items():
+            rollout.params[name].copy_(value)
+    rollout.version = learner.version
+
+
 @contextmanager
-def training_loop(cfg: Config, run_dir: Path):
-    """The real roles of `cfg` on the session's Ray, with a TrainingLoop over an embedded Redis, for tests that
+def trainer(cfg: Config, run_dir: Path):
+    """The real roles of `cfg` on the session's Ray, with a Trainer over an embedded Redis, for tests that
     drive the phases one by one. The roles are shut down afterwards."""
     from cluster.embedded_redis import EmbeddedRedis
     from flexgrpo.config import to_dict
     from flexgrpo.control_plane import ControlPlane
     from orchestration.reporting import MetricsLogger
     from orchestration.roles import build_roles
-    from orchestration.training_loop import TrainingLoop
+    from orchestration.trainer import Trainer
 
-    roles = build_roles(cfg)
-    try:
-        with EmbeddedRedis(run_dir / "redis") as url, MetricsLogger(run_dir, cfg.logging) as logger:
-            control = ControlPlane(url, cfg.run.name)
-            control.register_run(to_dict(cfg))
-            yield TrainingLoop(cfg, roles, control, logger, run_dir)
-    finally:
-        roles.shutdown()
+    with EmbeddedRedis(run_dir / "redis") as url, MetricsLogger(run_dir, cfg.logging) as logger:
+        control = ControlPlane(url, cfg.run.name)
+        control.register_run(to_dict(cfg))
+        roles = build_roles(cfg, control)
+        try:
+            yield Trainer(cfg, roles, control, logger, run_dir)
+        finally:
+            roles.shutdown()
 
 
 @contextmanager

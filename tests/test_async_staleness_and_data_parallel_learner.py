@@ -8,7 +8,7 @@ import ray
 import torch
 
 from orchestration.driver import train
-from tests.conftest import tiny_config, training_loop
+from tests.conftest import tiny_config, trainer
 
 pytestmark = pytest.mark.slow
 
@@ -25,10 +25,10 @@ def test_max_staleness_one_trains_on_data_one_version_old(ray_local, tmp_path):
     )
     train(cfg)
     rows = [json.loads(line) for line in (tmp_path / "async" / "metrics.jsonl").read_text().splitlines()]
-    staleness = [r["rollout/staleness"] for r in rows]
+    staleness = [r["offpolicy/staleness_max"] for r in rows]
     # versions at training time: step 0 trains v0 data at v0; afterwards the data is one version behind
     assert staleness[0] == 0 and max(staleness) == 1 and all(s <= 1 for s in staleness)
-    stale = [r for r in rows if r["rollout/staleness"] == 1]
+    stale = [r for r in rows if r["offpolicy/staleness_max"] == 1]
     assert all(abs(r["loss/ratio_mean"] - 1) > 1e-7 for r in stale), "stale data is off-policy: ratio != 1"
     assert rows[0]["loss/ratio_max_dev"] < 1e-5  # the first step is on-policy
 
@@ -46,18 +46,22 @@ def test_two_learner_ranks_keep_identical_replicas_and_two_samplers_get_them(ray
         "learner.lr=0.05",
         "learner.zero_stage=2",
     )
-    with training_loop(cfg, tmp_path) as loop:
-        roles = loop.roles
-        step = loop.submit(0)
-        trajectories = ray.get(step.trajectories)
-        assert [t.group_id for t in trajectories] == ["s0-g0", "s0-g1"]  # one group per sampler
+    with trainer(cfg, tmp_path) as t:
+        roles = t.roles
+        t.restore(None)
+        t.pipeline.admit(0)
+        batch = t.pipeline.take(2, learner_version=0)
+        assert [g.group.group_id for g in batch] == ["g000000", "g000001"]
+        assert {g.rollout_worker for g in batch} == {0, 1}  # one group per sampler
+        trajectories = ray.get([g.trajectory for g in batch])
         assert not set(trajectories[0].seeds) & set(trajectories[1].seeds)
-        metrics = loop.train(trajectories, ray.get(step.scores))
-        assert metrics["loss/micro_batches"] > 0
+        trained = t.train(batch)
+        assert trained.metrics["loss/micro_batches"] > 0
         rank0, rank1 = ray.get([a.trainable_state.remote() for a in roles.learner.actors])
         initial = ray.get(roles.rollout.actors[0].trainable_state.remote())
         assert any(not torch.equal(rank0[n], initial[n]) for n in rank0), "the update moved the weights"
         assert all(torch.equal(rank0[n], rank1[n]) for n in rank0), "ZeRO-2 ranks must agree after a step"
-        loop.sync_weights(wait=True)
+        t.weights.publish()
+        ray.get(t.weights.receiving)
         for sampler in ray.get([w.trainable_state.remote() for w in roles.rollout.actors]):
             assert all(torch.equal(rank0[n], sampler[n]) for n in rank0), "every sampler gets the new weights"

@@ -28,5 +28,5 @@ def test_tiny_flex_judge_rewards_a_training_run(ray_local, tmp_path):
         assert 0.0 <= row["reward_mean"] <= 1.0  # win-rate based rewards
         assert "reward/unifiedreward_flex" in row and row["reward/parse_rate"] == 1.0
     judgements = json.loads((tmp_path / "flex" / "samples" / "step_00000.judgements.json").read_text())
-    pairs = [d for d in judgements["s0-g0"] if d["kind"] == "pair"]
+    pairs = [d for d in judgements["g000000"] if d["kind"] == "pair"]
     assert len(pairs) == G * (G - 1) // 2 and all(d["parsed"] for d in pairs)  # every pair's reply, for a person

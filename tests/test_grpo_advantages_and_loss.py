@@ -2,7 +2,7 @@
 
 import torch
 
-from learner.grpo import STD_EPS, clipped_policy_loss, group_advantages, kl_to_reference, weighted_advantages
+from learner.grpo import STD_EPS, decoupled_policy_loss, group_advantages, kl_to_reference, weighted_advantages
 
 
 def test_advantages_are_per_group_zscores():
@@ -35,23 +35,51 @@ def test_weighted_advantages_normalise_each_reward_first():
     torch.testing.assert_close(adv, torch.tensor([-1.5 * unit, 1.5 * unit]), rtol=1e-4, atol=1e-4)
 
 
-def test_clipped_loss_is_the_ppo_surrogate():
+def test_decoupled_loss_at_staleness_zero_is_the_ppo_surrogate():
     logp, old = torch.tensor([0.0, 0.5, -0.5]), torch.zeros(3)
     adv = torch.tensor([1.0, 1.0, -1.0])
-    loss, stats = clipped_policy_loss(log_prob=logp, old_log_prob=old, advantages=adv, clip_range=0.2)
+    loss, stats = decoupled_policy_loss(
+        log_prob=logp, prox_log_prob=old, behaviour_log_prob=old, advantages=adv, clip_range=0.2, is_cap=2.0
+    )
     ratio = torch.exp(logp)
     expected = torch.max(-adv * ratio, -adv * torch.clamp(ratio, 0.8, 1.2)).mean()
     torch.testing.assert_close(loss, expected)
     assert abs(stats["clip_frac"].item() - 2 / 3) < 1e-6
+    assert stats["is_weight_mean"].item() == 1.0 and stats["kl_behaviour_prox"].item() == 0.0
 
 
 def test_on_policy_gradient_pushes_up_the_better_sample():
     logp = torch.zeros(2, requires_grad=True)
-    loss, _ = clipped_policy_loss(
-        log_prob=logp, old_log_prob=torch.zeros(2), advantages=torch.tensor([1.0, -1.0]), clip_range=1e-4
+    loss, _ = decoupled_policy_loss(
+        log_prob=logp,
+        prox_log_prob=logp.detach(),
+        behaviour_log_prob=torch.zeros(2),
+        advantages=torch.tensor([1.0, -1.0]),
+        clip_range=1e-4,
+        is_cap=2.0,
     )
     loss.backward()
     assert logp.grad[0] < 0 < logp.grad[1]  # descent raises the log-prob of the advantaged sample
+
+
+def test_stale_samples_are_weighted_not_clipped_and_the_weight_is_truncated():
+    """Behaviour policy far from the proximal one: plain PPO against the behaviour would clip every term (no
+    gradient); decoupled PPO keeps the gradient, scaled by pi_prox / pi_behav truncated at the cap."""
+    prox = torch.tensor([0.3, -0.2, 2.0])  # log pi_prox of each transition
+    behaviour = torch.zeros(3)  # log pi_behav: the stale sampler's
+    logp = prox.clone().requires_grad_(True)  # the forward at the proximal weights
+    adv = torch.tensor([1.0, 1.0, 1.0])
+    loss, stats = decoupled_policy_loss(
+        log_prob=logp, prox_log_prob=prox, behaviour_log_prob=behaviour, advantages=adv, clip_range=1e-4, is_cap=2.0
+    )
+    loss.backward()
+    weights = torch.exp(prox - behaviour).clamp(max=2.0)  # [1.35, 0.82, 2.0 (truncated from 7.39)]
+    torch.testing.assert_close(logp.grad, -adv * weights / 3)
+    assert stats["clip_frac"].item() == 0.0  # nothing moved since the proximal weights
+    assert stats["behaviour_clip_frac"].item() == 1.0  # what clipping against the behaviour policy would do
+    assert abs(stats["is_truncated_frac"].item() - 1 / 3) < 1e-6
+    torch.testing.assert_close(stats["is_weight_max"], torch.tensor(2.0))
+    torch.testing.assert_close(stats["kl_behaviour_prox"], (behaviour - prox).mean())
 
 
 def test_kl_to_reference_formula():

@@ -1,6 +1,8 @@
 """On-policy, the log-prob the DeepSpeed learner recomputes for every sampled transition equals the behaviour
 log-prob the rollout worker recorded (ratio 1 within 1e-5): the first correctness check of any change."""
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -8,7 +10,7 @@ from actors.rollout_worker import RolloutWorker
 from flexgrpo.net import free_port
 from flexgrpo.records import PromptGroup
 from learner.learner import GRPOLearner
-from tests.conftest import tiny_config
+from tests.conftest import scored, tiny_config
 
 
 def _pair(cfg):
@@ -47,7 +49,7 @@ def test_one_update_moves_the_policy_and_the_ratio_leaves_one():
     worker, learner = _pair(cfg)
     trajectory, _ = worker.sample(PromptGroup("g0", "a green tree by the sea", 4, seed=5))
     before = learner.trainable_state()
-    metrics = learner.train_step([trajectory], [torch.tensor([1.0, -1.0, 0.5, -0.5])])
+    metrics = learner.train_step([scored(trajectory, [1.0, -1.0, 0.5, -0.5])], trajectory).metrics
     after = learner.trainable_state()
     assert metrics["loss/ratio_mean"] == pytest.approx(1.0, abs=1e-5)  # first micro-batches are on-policy
     assert any(not torch.equal(before[n], after[n]) for n in before)
@@ -73,9 +75,9 @@ def test_kl_to_the_reference_is_zero_at_start_and_grows_after_an_update():
     cfg = tiny_config("grpo.group_size=4", "grpo.groups_per_step=1", "grpo.kl_beta=0.04", "learner.lr=0.05")
     worker, learner = _pair(cfg)
     trajectory, _ = worker.sample(PromptGroup("g0", "a blue car on a red road", 4, seed=2))
-    advantages = [torch.tensor([1.0, -1.0, 0.5, -0.5])]
-    first = learner.train_step([trajectory], advantages)
+    scores = [scored(trajectory, [1.0, -1.0, 0.5, -0.5])]
+    first = learner.train_step(scores, trajectory).metrics
     assert first["loss/kl"] == 0.0  # the fresh adapter (B = 0) is the reference
-    second = learner.train_step([trajectory], advantages)
+    second = learner.train_step([replace(scores[0], policy_version=1)], trajectory).metrics
     assert second["loss/kl"] > 0.0
     assert second["loss/loss"] == pytest.approx(second["loss/policy_loss"] + 0.04 * second["loss/kl"], rel=1e-4)

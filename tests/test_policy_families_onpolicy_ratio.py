@@ -10,9 +10,8 @@ from actors.rollout import sample_eval_group, sample_group
 from actors.rollout_worker import RolloutWorker
 from flexgrpo.net import free_port
 from flexgrpo.records import PromptGroup
-from flexgrpo.weight_transport import pack, unpack_into
 from learner.learner import GRPOLearner
-from tests.conftest import tiny_config
+from tests.conftest import copy_weights, scored, tiny_config
 
 FAMILIES = {
     "sd3": ("policy.family=sd3", "policy.model=tiny-sd3"),
@@ -90,9 +89,8 @@ def test_low_precision_policy_samples_and_learner_ratio_stays_within_bound(famil
     assert media.media.shape == _media_shape(cfg, 4) and trajectory.latents.dtype == torch.float32
     assert _max_ratio_deviation(learner, trajectory) < BF16_BOUND
 
-    learner.train_step([trajectory], [torch.tensor([1.0, -1.0, 0.5, -0.5])])
-    header, flat = pack(learner.params, learner.version)  # what the learner broadcasts
-    unpack_into(rollout.params, header, flat)
+    learner.train_step([scored(trajectory, [1.0, -1.0, 0.5, -0.5])], trajectory)
+    copy_weights(learner, rollout)
     trajectory, _ = rollout.sample(PromptGroup("g1", "a green tree by the sea", 4, seed=6))
     assert _max_ratio_deviation(learner, trajectory) < BF16_BOUND
 

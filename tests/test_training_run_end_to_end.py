@@ -10,7 +10,7 @@ import torch
 from cluster.embedded_redis import EmbeddedRedis
 from flexgrpo.control_plane import ControlPlane
 from orchestration.driver import train
-from tests.conftest import tiny_config, training_loop
+from tests.conftest import tiny_config, trainer
 
 pytestmark = pytest.mark.slow
 
@@ -36,10 +36,12 @@ def test_run_writes_metrics_samples_lora_and_registry(ray_local, tmp_path):
         info = control.run_info()
         assert info["step"] == "3" and info["status"] == "finished" and info["policy_version"] == "3"
         assert json.loads(info["config"])["grpo"]["group_size"] == 4
-        assert set(control.group_states().values()) == {"trained"} and len(control.group_states()) == 6
+        ledger = control.ledger_states()
+        assert len(ledger) == 6 and {g["state"] for g in ledger.values()} == {"trained"}
+        assert sorted(g["step"] for g in ledger.values()) == [0, 0, 1, 1, 2, 2]
         assert [m["step"] for m in control.read_metrics()] == [0, 1, 2]
-        beats = control.heartbeat_ages()
-        assert {"driver", "rollout-0", "reward-0", "learner-0"} <= beats.keys()
+        beats = control.heartbeats()
+        assert {"rollout-0", "reward-0", "learner-0"} <= beats.keys()  # written by the workers themselves
 
     # The saved LoRA loads into a plain diffusers pipeline and changes its transformer.
     from diffusers import StableDiffusion3Pipeline
@@ -65,21 +67,26 @@ def test_broadcast_makes_rollout_weights_equal_the_learners_bit_for_bit(ray_loca
     cfg = tiny_config(
         f"run.output_dir={tmp_path}", "run.name=sync", "grpo.groups_per_step=1", "grpo.group_size=4", "learner.lr=0.05"
     )
-    with training_loop(cfg, tmp_path) as loop:
-        roles = loop.roles
-        step = loop.submit(0)
-        trajectories, scored = ray.get(step.trajectories), ray.get(step.scores)
-        assert scored[0].rewards.shape == (4,) and scored[0].reward_version == 0
-        loop.train(trajectories, scored)
+    with trainer(cfg, tmp_path) as t:
+        roles = t.roles
+        t.restore(None)
+        t.pipeline.admit(0)
+        batch = t.pipeline.take(1, learner_version=0)
+        assert batch[0].scored.rewards.shape == (4,) and batch[0].scored.reward_version == 0
+        trained = t.train(batch)
+        assert trained.version == 1
         learner_state = ray.get(roles.learner.actors[0].trainable_state.remote())
         rollout_before = ray.get(roles.rollout.actors[0].trainable_state.remote())
         assert any(not torch.equal(learner_state[n], rollout_before[n]) for n in learner_state)
-        loop.sync_weights(wait=True)
+        t.pipeline.trained(batch, step=0)
+        t.version = trained.version
+        t.weights.publish()
+        assert ray.get(t.weights.receiving) == [1]
         rollout_after = ray.get(roles.rollout.actors[0].trainable_state.remote())
         assert learner_state.keys() == rollout_after.keys()
         assert all(torch.equal(learner_state[n], rollout_after[n]) for n in learner_state)
-        next_group = ray.get(loop.submit(1).trajectories)[0]
-        assert next_group.policy_version == 1
+        t.pipeline.admit(1)
+        assert t.pipeline.take(1, learner_version=1)[0].scored.policy_version == 1
 
 
 def test_evaluation_runs_on_schedule_with_fixed_seeds(ray_local, tmp_path):

@@ -7,11 +7,9 @@ import torch
 from actors.rollout_worker import RolloutWorker
 from flexgrpo.net import free_port
 from flexgrpo.records import PromptGroup
-from flexgrpo.weight_transport import pack, unpack_into
-from learner.grpo import group_advantages
 from learner.learner import GRPOLearner
 from reward_workers.reward_worker import RewardWorker
-from tests.conftest import tiny_config
+from tests.conftest import copy_weights, tiny_config
 
 
 def test_tiny_wan_trains_grpo_steps_and_its_lora_moves():
@@ -38,13 +36,9 @@ def test_tiny_wan_trains_grpo_steps_and_its_lora_moves():
             trajectories.append(trajectory)
             scored.append(judge.score(media))
         assert all(torch.isfinite(s.rewards).all() for s in scored)
-        advantages = group_advantages(
-            [s.rewards for s in scored], [s.reward_version for s in scored], global_std=False, clip=5.0
-        )
-        metrics = learner.train_step(trajectories, advantages)
+        metrics = learner.train_step(scored, *trajectories).metrics
         assert abs(metrics["loss/ratio_mean"] - 1) < 1e-5  # synchronous: sampled at the learner's version
-        header, flat = pack(learner.params, learner.version)  # the broadcast, without the gloo group
-        unpack_into(rollout.params, header, flat)
+        copy_weights(learner, rollout)
 
     lora_after = rollout.trainable_state()
     assert learner.version == 3

@@ -1,0 +1,294 @@
+"""The learner's step loop over the streaming pipeline. A step is a few named, timed phases:
+
+  groups   take `groups_per_step` scored groups fresh enough for the learner's version (the pools keep going)
+  train    every learner rank trains on its share; advantages come from the whole step's scores
+  commit   the step's groups are marked trained in the ledger, together with the step number
+  publish  rank 0 starts broadcasting the new version; workers switch to it between groups (never waited for)
+
+Around it: operator commands, checkpoints, evaluation, reporting, and the recovery of dead actors.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from contextlib import contextmanager
+from dataclasses import replace
+from pathlib import Path
+
+import ray
+import torch
+from tqdm import tqdm
+
+from flexgrpo.config import Config, PromptsConfig
+from flexgrpo.control_plane import ControlPlane, write_status_file
+from flexgrpo.prompts import load_prompts
+from flexgrpo.records import PromptGroup, ScoredGroup, TrainedStep
+from orchestration.checkpoints import RunState, read_run_state, write_checkpoint
+from orchestration.operator import Operator, RewardSpecs
+from orchestration.pipeline import GroupInFlight, GroupPipeline
+from orchestration.recovery import Recovery
+from orchestration.reporting import MetricsLogger
+from orchestration.roles import Roles
+from orchestration.weights import WeightBroadcast
+
+log = logging.getLogger("flexgrpo")
+
+
+class Trainer:
+    def __init__(self, cfg: Config, roles: Roles, control: ControlPlane, logger: MetricsLogger, run_dir: Path):
+        self.cfg, self.roles, self.control, self.logger, self.run_dir = cfg, roles, control, logger, run_dir
+        self.eval_prompts = load_prompts(PromptsConfig(file=cfg.eval.prompts_file))[: cfg.eval.num_prompts]
+        self.step = 0  # the next learner step
+        self.version = 0  # the learner's policy version (the learner owns it; this mirrors its last answer)
+        self.weights = WeightBroadcast(roles)
+        self.recovery = Recovery(self)
+        self.pipeline = self._new_pipeline(next_index=0, requeued=[])  # replaced by `restore`
+        self.operator = Operator(
+            cfg, control, lambda: self.roles.reward.actors, self.checkpoint, RewardSpecs({0: list(cfg.rewards)})
+        )
+        self.timings: dict[str, float] = {}
+        self.learner_busy_s, self._report_start = 0.0, time.monotonic()
+        self.checkpointed_step = -1  # next step of the newest checkpoint written by this trainer
+
+    def _new_pipeline(self, *, next_index: int, requeued: list[int]) -> GroupPipeline:
+        return GroupPipeline(
+            self.roles,
+            self.cfg.grpo,
+            load_prompts(self.cfg.prompts),
+            seed=self.cfg.run.seed,
+            control=self.control,
+            steps_left=self.cfg.run.num_steps - self.step,
+            next_index=next_index,
+            requeued=requeued,
+            on_workers_lost=lambda: self.recovery.replace_workers(),
+        )
+
+    @contextmanager
+    def timed(self, phase: str):
+        start = time.perf_counter()
+        yield
+        self.timings[f"timing/{phase}"] = time.perf_counter() - start
+
+    # ---- the loop ---------------------------------------------------------------------------------------
+
+    def run(self) -> str:
+        """Train until `run.num_steps` or a stop; -> the final status ("finished" or "stopped")."""
+        cfg = self.cfg
+        self.control.update_run(status="running")
+        bar = tqdm(total=cfg.run.num_steps, initial=self.step, desc="grpo", unit="step", dynamic_ncols=True)
+        while self.step < cfg.run.num_steps:
+            self.operator.poll()
+            if self.operator.stop_requested:
+                log.info("stop requested: ending before step %d", self.step)
+                break
+            self.recovery.run_step(self.train_one_step)
+            bar.update(1)
+            every = cfg.run.checkpoint_every
+            if self.operator.checkpoint_requested or (
+                every and self.step % every == 0 and self.step < cfg.run.num_steps
+            ):
+                self.checkpoint()
+        bar.close()
+        finished = self.step >= cfg.run.num_steps
+        if finished:
+            self.pipeline.finish()
+        if self.checkpointed_step != self.step:
+            self.checkpoint()
+        return "finished" if finished else "stopped"
+
+    def train_one_step(self) -> None:
+        step_start, self.timings = time.perf_counter(), {}
+        with self.timed("groups"):
+            batch = self.pipeline.take(self.cfg.grpo.groups_per_step, self.version)
+        scores = [g.scored for g in batch]
+        with self.timed("train"):
+            trained = self.train(batch)
+        with self.timed("commit"):
+            self.pipeline.trained(batch, self.step)
+        self.version = trained.version
+        with self.timed("publish"):
+            self.weights.publish()
+        self.pipeline.admit(self.version)
+        metrics = self.step_metrics(scores) | trained.metrics
+        if self.wants_eval(self.step + 1):
+            metrics |= self.evaluate()
+        metrics |= self.timings | {"timing/step": time.perf_counter() - step_start}
+        self.report(metrics, batch)
+        self.step += 1
+
+    def train(self, batch: list[GroupInFlight]) -> TrainedStep:
+        """Every learner rank trains on its contiguous share of the batch; the trajectories go from the object
+        store straight to the ranks. -> the step's version and metrics (averaged over ranks; maxima stay maxima)"""
+        learners = self.roles.learner.actors
+        scores = [replace(g.scored, details=[]) for g in batch]  # the judges' texts stay here
+        size = math.ceil(len(batch) / len(learners))
+        refs = [
+            actor.train_step.remote(scores, *[g.trajectory for g in batch[r * size : (r + 1) * size]])
+            for r, actor in enumerate(learners)
+        ]
+        start = time.monotonic()
+        self.pipeline.wait(refs, self.version)
+        results: list[TrainedStep] = ray.get(refs)
+        self.learner_busy_s += time.monotonic() - start
+        versions = {r.version for r in results}
+        if len(versions) != 1:
+            raise RuntimeError(f"learner ranks disagree on the policy version after a step: {sorted(versions)}")
+        metrics = {
+            k: (max if k.endswith("_max") else _mean)([r.metrics[k] for r in results]) for k in results[0].metrics
+        }
+        return TrainedStep(version=versions.pop(), metrics=metrics)
+
+    # ---- figures ----------------------------------------------------------------------------------------
+
+    def step_metrics(self, scored: list[ScoredGroup]) -> dict[str, float]:
+        rewards = torch.cat([s.rewards for s in scored])
+        requests = sum(s.requests for s in scored)
+        metrics = {
+            "reward_mean": rewards.mean().item(),
+            "reward/std": rewards.std().item(),
+            "reward/version": float(max(s.reward_version for s in scored)),
+            "reward/unparsed": float(sum(s.unparsed for s in scored)),
+            "reward/requests": float(requests),
+            "reward/parse_rate": 1.0 - sum(s.unparsed for s in scored) / max(1, requests),
+            "rollout/samples": float(rewards.numel()),
+            "system/recoveries": float(self.recovery.count),
+            "policy/version": float(self.version),
+        }
+        decided = sum(getattr(s, "position_decided", 0) for s in scored)
+        if decided:
+            metrics["reward/first_position_win_rate"] = sum(s.first_position_wins for s in scored) / decided
+        for name in scored[0].components:
+            metrics[f"reward/{name}"] = (
+                torch.cat([s.components[name] for s in scored if name in s.components]).mean().item()
+            )
+        elapsed = max(1e-9, time.monotonic() - self._report_start)
+        metrics |= self.pipeline.report() | {"learner/idle_frac": max(0.0, 1 - self.learner_busy_s / elapsed)}
+        self.learner_busy_s, self._report_start = 0.0, time.monotonic()
+        return metrics
+
+    def report(self, metrics: dict[str, float], batch: list[GroupInFlight]) -> None:
+        """The step's metrics to metrics.jsonl, TensorBoard, Redis and a log line; when due, a sample grid with
+        the judges' parsed replies beside it."""
+        step = self.step
+        self.logger.log(step, metrics)
+        self.control.publish_metrics(step, metrics)
+        write_status_file(self.run_dir, self.control.status())
+        pools = {k: round(v, 3) for k, v in metrics.items() if k.split("/")[-1] in POOL_FIGURES}
+        self.control.update_run(
+            step=step + 1, policy_version=self.version, reward_version=int(metrics["reward/version"]), pools=pools
+        )
+        if self.wants_samples(step):
+            media = ray.get([g.media for g in batch])
+            self.logger.log_samples(step, [m.media for m in media], [m.prompt for m in media])
+            self.logger.log_judgements(step, {g.scored.group_id: g.scored.details for g in batch if g.scored.details})
+        log.info(
+            "step %d/%d  reward %.4f  ratio %.6f  clip %.3f  is_w %.3f  stale %d  grad %.3g  groups %.1fs "
+            "train %.1fs  rollout %.2f g/s (idle %.0f%%)  reward %.2f g/s (idle %.0f%%)",
+            step + 1,
+            self.cfg.run.num_steps,
+            metrics["reward_mean"],
+            metrics["loss/ratio_mean"],
+            metrics["loss/clip_frac"],
+            metrics["offpolicy/is_weight_mean"],
+            metrics["offpolicy/staleness_max"],
+            metrics["loss/grad_norm"],
+            metrics["timing/groups"],
+            metrics["timing/train"],
+            metrics["rollout/groups_per_s"],
+            100 * metrics["rollout/idle_frac"],
+            metrics["reward/groups_per_s"],
+            100 * metrics["reward/idle_frac"],
+        )
+
+    def wants_samples(self, step: int) -> bool:
+        every = self.cfg.logging.sample_grid_every
+        return (
+            step == 0
+            or step == self.cfg.run.num_steps - 1
+            or self.operator.stop_requested
+            or (every > 0 and step % every == 0)
+        )
+
+    def wants_eval(self, next_step: int) -> bool:
+        every = self.cfg.eval.every
+        return every > 0 and (next_step % every == 0 or next_step == self.cfg.run.num_steps)
+
+    def evaluate(self) -> dict[str, float]:
+        """ODE samples of the held-out prompts (fixed seeds, eval step count) at the current version, scored by
+        the reward pool: `eval/` metrics and a grid of the samples."""
+        with self.timed("eval"):
+            groups = [
+                PromptGroup(f"eval-{i}", prompt, self.cfg.eval.samples_per_prompt, seed=i)
+                for i, prompt in enumerate(self.eval_prompts)
+            ]
+            rollout, reward = self.roles.rollout.actors, self.roles.reward.actors
+            media_refs = [rollout[i % len(rollout)].evaluate.remote(g, self.version) for i, g in enumerate(groups)]
+            scored = ray.get([reward[i % len(reward)].score.remote(m) for i, m in enumerate(media_refs)])
+        rewards = torch.cat([s.rewards for s in scored])
+        metrics = {
+            "eval/reward_mean": rewards.mean().item(),
+            "eval/reward_std": rewards.std().item() if rewards.numel() > 1 else 0.0,
+            "eval/unparsed": float(sum(s.unparsed for s in scored)),
+        }
+        self.logger.log_samples(self.step, [m.media for m in ray.get(media_refs)], self.eval_prompts, name="eval")
+        log.info("eval after step %d: reward %.4f", self.step + 1, metrics["eval/reward_mean"])
+        return metrics
+
+    # ---- checkpoints ------------------------------------------------------------------------------------
+
+    def checkpoint(self) -> Path:
+        """Learner state (every rank), the LoRA, the run state with the prompt-stream position; then the reward
+        curve. The ledger position is the step: a resume rolls the ledger back to it."""
+        with self.timed("checkpoint"):
+            state = RunState(self.step, self.version, self.operator.specs.as_json(), self.pipeline.next_index)
+            folder = write_checkpoint(self.run_dir, state, self._save_roles, keep=self.cfg.run.keep_checkpoints)
+        self.checkpointed_step = self.step
+        self.operator.checkpoint_written(str(folder))
+        self.logger.plot_rewards()
+        log.info("checkpoint %s (%.1fs)", folder, self.timings["timing/checkpoint"])
+        return folder
+
+    def _save_roles(self, folder: Path) -> None:
+        ray.get([a.save_checkpoint.remote(str(folder / "learner")) for a in self.roles.learner.actors])
+        if self.cfg.policy.lora.enabled:
+            self.save_lora(folder / "lora")
+
+    def restore(self, folder: Path | None) -> None:
+        """Continue from a checkpoint (None: from the start): learner state, step, versions, the reward spec,
+        the ledger and the metrics rolled back to the checkpoint's step; the actors get the weights."""
+        state = read_run_state(folder) if folder is not None else RunState(0, 0, self.operator.specs.as_json(), 0)
+        if folder is not None:
+            versions = ray.get([a.load_checkpoint.remote(str(folder / "learner")) for a in self.roles.learner.actors])
+            if set(versions) != {state.policy_version}:
+                raise RuntimeError(f"learner ranks restored versions {versions}, expected {state.policy_version}")
+        self.step, self.version = state.step, state.policy_version
+        self.operator.specs = RewardSpecs.from_json(self.cfg, state.reward_specs)
+        if self.operator.specs.latest:
+            self.operator.restore_workers(self.roles.reward.actors)
+        requeued = [int(group_id.removeprefix("g")) for group_id in self.control.ledger_rollback(self.step)]
+        next_index = max([state.next_index, *(i + 1 for i in requeued)])
+        self.pipeline = self._new_pipeline(next_index=next_index, requeued=requeued)
+        self.logger.forget_from(self.step)
+        self.control.forget_metrics_from(self.step)
+        self.checkpointed_step = self.step if folder is not None else -1
+        self.weights.publish()
+        log.info(
+            "resumed from %s at step %d (policy v%d, reward v%d, %d groups queued again)",
+            folder or "the start",
+            self.step,
+            self.version,
+            self.operator.specs.latest,
+            len(requeued),
+        )
+
+    def save_lora(self, folder: Path) -> Path:
+        return ray.get(self.roles.learner.actors[0].save_lora.remote(str(folder)))
+
+
+POOL_FIGURES = ("groups_per_s", "idle_frac", "queue_depth")
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values)
