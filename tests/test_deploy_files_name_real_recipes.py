@@ -42,3 +42,10 @@ def test_ray_cluster_yaml_and_slurm_script_are_wellformed():
     assert (REPO / default).is_file()
     load_config(REPO / default, ["cluster.address=10.0.0.1:6379"])
     assert "--signal=B:TERM" in script  # pre-emption reaches the driver, which checkpoints
+
+
+def test_slurm_script_parses_with_bash_n():
+    import subprocess
+
+    result = subprocess.run(["bash", "-n", str(DEPLOY / "slurm.sbatch")], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
