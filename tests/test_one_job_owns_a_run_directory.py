@@ -75,4 +75,18 @@ def test_the_lease_is_renewed_while_the_job_runs_and_released_at_its_end(tmp_pat
             assert control.lease()["owner"] == owner.owner
             with pytest.raises(RunOwnedError, match=f"owned by pid {os.getpid()}"):
                 ControlPlane(url, "run").acquire_lease({"host": "other", "pid": 1}, ttl_s=5)
+            owner.stop_lease()
+            assert control.lease() is None
+            owner.start_lease(control, ttl_s=0.6)
         assert control.lease() is None and not owner.lease_lost.is_set()
+
+
+def test_a_lease_taken_over_is_reported_not_renewed(tmp_path):
+    with EmbeddedRedis(tmp_path / "redis") as url:
+        control = ControlPlane(url, "run")
+        with RunOwnership(tmp_path / "run") as owner:
+            owner.start_lease(control, ttl_s=0.3)
+            control.redis.set("flexgrpo:run:run:lease", '{"host": "other", "pid": 1}', px=5000)  # a usurper
+            assert owner.lease_lost.wait(timeout=2)
+            assert control.lease()["owner"] == {"host": "other", "pid": 1}
+        assert control.lease()["owner"] == {"host": "other", "pid": 1}  # not ours to release
