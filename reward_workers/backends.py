@@ -2,7 +2,8 @@
 
 Every backend takes a batch of `JudgeRequest`s and returns one reply per request, or None where the request
 failed (timeout, dead server, engine error). Backends never raise from `generate`; the judge retries what
-failed or did not parse, then counts it as a tie.
+failed or did not parse, then counts it as a tie. Images travel as the authors send them: JPEG, quality 95
+(the in-process engines get the decoded JPEG, the pixels a server would see).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import logging
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
@@ -22,6 +23,7 @@ from PIL import Image
 
 log = logging.getLogger(__name__)
 CHILD_SITE = Path(__file__).resolve().parent / "child_site"  # sitecustomize for vLLM's Python children
+JPEG_QUALITY = 95
 
 
 @dataclass(frozen=True)
@@ -40,9 +42,10 @@ class Generation:
     """How replies are generated. json_schema or regex (at most one) constrains them: structured outputs."""
 
     max_new_tokens: int
-    temperature: float = 0.0  # 0: greedy
+    temperature: float | None = None  # None: the model's own generation defaults (as the authors serve); 0: greedy
     json_schema: dict | None = None
     regex: str | None = None
+    thinking: bool = False  # chat template's enable_thinking (Qwen3.5 judges are served with it off)
 
 
 class JudgeBackend(Protocol):
@@ -59,11 +62,27 @@ def to_pil(image: np.ndarray) -> Image.Image:
     return Image.fromarray(np.ascontiguousarray(image))
 
 
-def png_data_url(image: np.ndarray) -> str:
-    """A uint8 [H, W, 3] image as a base64 PNG data URL (the OpenAI chat API's image_url)."""
+def jpeg_bytes(image: np.ndarray) -> bytes:
+    """A uint8 [H, W, 3] image as JPEG, quality 95 (the authors' encoding)."""
     buffer = io.BytesIO()
-    to_pil(image).save(buffer, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+    to_pil(image).convert("RGB").save(buffer, format="JPEG", quality=JPEG_QUALITY)
+    return buffer.getvalue()
+
+
+def jpeg_data_url(image: np.ndarray) -> str:
+    """A uint8 [H, W, 3] image as a base64 JPEG data URL (the OpenAI chat API's image_url)."""
+    return "data:image/jpeg;base64," + base64.b64encode(jpeg_bytes(image)).decode("ascii")
+
+
+def jpeg_decoded(image: np.ndarray) -> Image.Image:
+    """The image a server decodes from `jpeg_data_url(image)`: what in-process engines are given."""
+    decoded = Image.open(io.BytesIO(jpeg_bytes(image)))
+    decoded.load()
+    return decoded
+
+
+def chat_template_kwargs(generation: Generation) -> dict:
+    return {"enable_thinking": generation.thinking}
 
 
 def prepare_vllm_environment() -> None:
@@ -76,9 +95,59 @@ def prepare_vllm_environment() -> None:
 
 # ----------------------------------------------------------------------------------------------- vLLM engine
 @dataclass
+class _Job:
+    """One `generate` call waiting for the engine."""
+
+    conversations: list
+    params: object  # vllm.SamplingParams
+    template_kwargs: dict
+    replies: list[str | None] | None = None
+
+
+@dataclass
 class _Engine:
+    """A shared `vllm.LLM` that runs the requests of concurrent callers together.
+
+    Calls queue their requests; whoever holds the engine next takes everything queued and sends it as one
+    `llm.chat` (vLLM batches it continuously), so groups scored from several threads share engine steps
+    instead of waiting for each other under a lock.
+    """
+
     llm: object  # vllm.LLM
     users: int
+    pending: list[_Job] = field(default_factory=list)
+    queue_lock: threading.Lock = field(default_factory=threading.Lock)
+    engine_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def run(self, job: _Job) -> list[str | None]:
+        with self.queue_lock:
+            self.pending.append(job)
+        with self.engine_lock:  # a job taken by an earlier holder is done before that holder lets go
+            with self.queue_lock:
+                batch, self.pending = self.pending, []
+            by_kwargs: dict[bool, list[_Job]] = {}
+            for queued in batch:
+                by_kwargs.setdefault(queued.template_kwargs["enable_thinking"], []).append(queued)
+            for jobs in by_kwargs.values():
+                self._chat(jobs)
+        assert job.replies is not None
+        return job.replies
+
+    def _chat(self, jobs: list[_Job]) -> None:
+        conversations = [c for job in jobs for c in job.conversations]
+        params = [job.params for job in jobs for _ in job.conversations]
+        try:
+            outputs = self.llm.chat(  # type: ignore[attr-defined]
+                conversations, params, use_tqdm=False, chat_template_kwargs=jobs[0].template_kwargs
+            )
+            replies = [o.outputs[0].text if o.outputs else None for o in outputs]
+        except Exception:
+            log.exception("vLLM engine failed on a batch of %d judge requests", len(conversations))
+            replies = [None] * len(conversations)
+        start = 0
+        for job in jobs:
+            job.replies = replies[start : start + len(job.conversations)]
+            start += len(job.conversations)
 
 
 _ENGINES: dict[tuple, _Engine] = {}
@@ -86,10 +155,10 @@ _ENGINES_LOCK = threading.Lock()
 
 
 class VllmBackend:
-    """An in-process `vllm.LLM`; each batch of requests is one `llm.chat` call.
+    """An in-process `vllm.LLM`; a batch of requests goes to the engine together with those of concurrent calls.
 
     Judges on the same model share one engine (reference-counted), so swapping Flex for Think on one model
-    does not reload it.
+    does not reload it, and the groups in flight of both specs share its batches.
     """
 
     retry_delay_s = 0.0
@@ -100,7 +169,7 @@ class VllmBackend:
             if self.key not in _ENGINES:
                 _ENGINES[self.key] = _Engine(llm=_start_engine(model, max_images), users=0)
             _ENGINES[self.key].users += 1
-        self.llm = _ENGINES[self.key].llm
+            self.engine = _ENGINES[self.key]
         self.closed = False
 
     def generate(self, requests: list[JudgeRequest], generation: Generation) -> list[str | None]:
@@ -112,18 +181,17 @@ class VllmBackend:
             structured = StructuredOutputsParams(json=generation.json_schema)
         elif generation.regex is not None:
             structured = StructuredOutputsParams(regex=generation.regex)
-        params = SamplingParams(
-            max_tokens=generation.max_new_tokens,
-            temperature=generation.temperature,
-            structured_outputs=structured,
-        )
-        conversations = [[{"role": "user", "content": [_vllm_part(p) for p in r.parts]}] for r in requests]
+        settings = dict(self.engine.llm.model_config.get_diff_sampling_param())  # type: ignore[attr-defined]
+        settings |= {"max_tokens": generation.max_new_tokens, "structured_outputs": structured}
+        if generation.temperature is not None:
+            settings["temperature"] = generation.temperature
+        params = SamplingParams.from_optional(**settings)  # the model's generation defaults, then ours
         try:
-            outputs = self.llm.chat(conversations, params, use_tqdm=False)  # type: ignore[attr-defined]
-            return [o.outputs[0].text if o.outputs else None for o in outputs]
+            conversations = [[{"role": "user", "content": [_vllm_part(p) for p in r.parts]}] for r in requests]
         except Exception:
-            log.exception("vLLM engine failed on a batch of %d judge requests", len(requests))
+            log.exception("could not encode %d judge requests", len(requests))
             return [None] * len(requests)
+        return self.engine.run(_Job(conversations, params, chat_template_kwargs(generation)))
 
     def close(self) -> None:
         if self.closed:
@@ -135,13 +203,12 @@ class VllmBackend:
             if engine.users == 0:
                 del _ENGINES[self.key]
                 _stop_engine(engine.llm)
-        self.llm = None
 
 
 def _vllm_part(part: str | np.ndarray) -> dict:
     if isinstance(part, str):
         return {"type": "text", "text": part}
-    return {"type": "image_pil", "image_pil": to_pil(part)}
+    return {"type": "image_pil", "image_pil": jpeg_decoded(part)}
 
 
 def _start_engine(model: str, max_images: int):
@@ -173,8 +240,10 @@ def _stop_engine(llm) -> None:
 class HttpBackend:
     """An OpenAI-compatible chat server (e.g. `vllm serve`): one HTTP request per judge request.
 
-    At most `max_concurrency` requests are in flight (a thread pool). Images travel as base64 PNG data URLs.
-    A JSON schema goes as `response_format` (OpenAI API); a regex as vLLM's `structured_outputs` extension.
+    At most `max_concurrency` requests are in flight (a thread pool) over kept-alive connections of one client.
+    Images travel as base64 JPEG data URLs. A JSON schema goes as `response_format` (OpenAI API); a regex as
+    vLLM's `structured_outputs` extension; thinking as `chat_template_kwargs`. No temperature is sent unless
+    the generation sets one (the server's model defaults apply, as the authors serve).
     """
 
     def __init__(
@@ -207,15 +276,17 @@ class HttpBackend:
         content = [
             {"type": "text", "text": p}
             if isinstance(p, str)
-            else {"type": "image_url", "image_url": {"url": png_data_url(p)}}
+            else {"type": "image_url", "image_url": {"url": jpeg_data_url(p)}}
             for p in request.parts
         ]
         body: dict = {
             "model": self.model,
             "messages": [{"role": "user", "content": content}],
             "max_tokens": generation.max_new_tokens,
-            "temperature": generation.temperature,
+            "chat_template_kwargs": chat_template_kwargs(generation),
         }
+        if generation.temperature is not None:
+            body["temperature"] = generation.temperature
         if generation.json_schema is not None:
             body["response_format"] = {
                 "type": "json_schema",
@@ -255,9 +326,11 @@ class TransformersBackend:
         dtype = torch.bfloat16 if self.device == "cuda" else torch.float32
         self.processor = AutoProcessor.from_pretrained(model)
         self.model = AutoModelForImageTextToText.from_pretrained(model, dtype=dtype).to(self.device).eval()
+        self.lock = threading.Lock()
 
     def generate(self, requests: list[JudgeRequest], generation: Generation) -> list[str | None]:
-        return [self._one(r, generation) for r in requests]
+        with self.lock:
+            return [self._one(r, generation) for r in requests]
 
     def _one(self, request: JudgeRequest, generation: Generation) -> str | None:
         import torch
@@ -268,12 +341,17 @@ class TransformersBackend:
                 for p in request.parts
             ]
             text = self.processor.apply_chat_template(
-                [{"role": "user", "content": content}], add_generation_prompt=True, tokenize=False
+                [{"role": "user", "content": content}],
+                add_generation_prompt=True,
+                tokenize=False,
+                **chat_template_kwargs(generation),
             )
-            images = [to_pil(i) for i in request.images] or None
+            images = [jpeg_decoded(i) for i in request.images] or None
             inputs = self.processor(text=[text], images=images, return_tensors="pt").to(self.device)
-            sampling = {"do_sample": generation.temperature > 0}
-            if generation.temperature > 0:
+            sampling = {}  # temperature None: the model's generation config decides
+            if generation.temperature is not None:
+                sampling["do_sample"] = generation.temperature > 0
+            if generation.temperature:
                 sampling["temperature"] = generation.temperature
             with torch.no_grad():
                 out = self.model.generate(**inputs, max_new_tokens=generation.max_new_tokens, **sampling)

@@ -16,11 +16,18 @@ class RewardOutput:
     details: list[dict] = field(default_factory=list)  # JSON-able per-judgement details, for logs
     unparsed: int = 0  # judge replies that did not parse (scored as ties)
     requests: int = 0  # judge requests made
+    components: dict[str, torch.Tensor] = field(default_factory=dict)  # part -> [G] float32 (Flex: see judges.py)
+    first_position_wins: int = 0  # pairwise: decided judgements won by the sample shown first
+    position_decided: int = 0  # pairwise: judgements with a winner (not a tie or unparsed)
 
 
 class RewardModel(Protocol):
     def score(self, group: MediaGroup) -> RewardOutput:
         """Score all G samples of one group at once (pairwise judges need the whole group)."""
+        ...
+
+    def score_many(self, groups: list[MediaGroup]) -> list[RewardOutput]:
+        """Score several groups together (judges: one batch of requests); one output per group, in order."""
         ...
 
     def close(self) -> None:

@@ -36,6 +36,9 @@ class ClipScore:
         cosine = (image @ text.T).view(len(frames), per_sample).mean(dim=1)  # [G]
         return RewardOutput(rewards=cosine.cpu())
 
+    def score_many(self, groups: list[MediaGroup]) -> list[RewardOutput]:
+        return [self.score(group) for group in groups]
+
     def close(self) -> None:
         self.model = None
 

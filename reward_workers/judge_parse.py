@@ -2,8 +2,13 @@
 
 A pairwise reply becomes a `PairVerdict` (who won overall and per category, as seen in the order shown), a
 pointwise reply a `PointVerdict`. Whatever cannot be read is a tie (`parsed=False`), counted by the caller.
-Replies are read leniently: JSON inside prose or code fences, truncated JSON (closed at its last complete
-value), keys in any case, winners written as "Image 1", "image_2", 1, "first", "Video 2 is better".
+
+Two protocols (`RewardSpec.protocol`):
+- official: the authors' reading (Pref-GRPO `fastvideo/rewards/unifiedreward_flex.py`, `unifiedreward.py`):
+  the reply parsed whole as JSON, else its outermost `{...}`; a winner only where exactly one of
+  "image/video 1" and "image/video 2" appears; the first three categories, keyed by their names.
+- robust: lenient: JSON inside prose or code fences, truncated JSON (closed at its last complete value), keys in
+  any case, winners written as "Image 1", "image_2", 1, "first", "Video 2 is better", categories by letter.
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ class PairVerdict:
     """One pairwise judgement, in the order the two samples were shown (0: first, 1: second, None: tie)."""
 
     winner: int | None
-    categories: dict[str, int | None] = field(default_factory=dict)  # category letter -> winner
+    categories: tuple[tuple[str, int | None], ...] = ()  # (category key, winner) in reply order
     parsed: bool = False  # False: the reply could not be read and counts as a tie
     details: dict = field(default_factory=dict)  # JSON-able parsed content, for logs
 
@@ -104,7 +109,8 @@ def _close_truncated(text: str) -> dict | None:
     """Cut a JSON text that ends early back to its last complete value and close the open containers."""
     stack: list[str] = []  # closers of the open containers
     safe_end = safe_depth = 0  # the last cut point, and how many containers are open there
-    in_string = escaped = False
+    in_string = escaped = value_string = False
+    previous = ""  # the last character outside strings that is not white space
     for i, ch in enumerate(text):
         if in_string:
             if escaped:
@@ -113,9 +119,13 @@ def _close_truncated(text: str) -> dict | None:
                 escaped = True
             elif ch == '"':
                 in_string = False
+                if value_string:  # `"key": "value"` complete: a cut point (the winner is often last)
+                    safe_end, safe_depth = i + 1, len(stack)
             continue
+        if not ch.isspace():
+            previous, before = ch, previous
         if ch == '"':
-            in_string = True
+            in_string, value_string = True, before == ":"
         elif ch in "{[":
             stack.append("}" if ch == "{" else "]")
             safe_end, safe_depth = i + 1, len(stack)
@@ -173,14 +183,14 @@ def _dims_winner(dims: object) -> int | None:
     return 0 if totals[0] > totals[1] else 1
 
 
-def _categories(raw: object) -> dict[str, int | None]:
+def _categories(raw: object) -> tuple[tuple[str, int | None], ...]:
     """Category letter -> winner, from a list of category objects or a dict keyed by category name."""
     if isinstance(raw, dict):
         items = [v | {"name": k} if isinstance(v, dict) else {"name": k, "winner": v} for k, v in raw.items()]
     elif isinstance(raw, list):
         items = raw
     else:
-        return {}
+        return ()
     result: dict[str, int | None] = {}
     for position, item in enumerate(items):
         if not isinstance(item, dict):
@@ -193,11 +203,11 @@ def _categories(raw: object) -> dict[str, int | None]:
             result[letter] = winner_index(c.get("cat_winner", c.get("winner")))
         elif "dims" in c or "dimensions" in c:
             result[letter] = _dims_winner(c.get("dims", c.get("dimensions")))
-    return result
+    return tuple(result.items())
 
 
 def parse_flex_reply(text: object) -> PairVerdict:
-    """Read a UnifiedReward-Flex reply (a JSON object with categories and a winner); never raises."""
+    """Read a UnifiedReward-Flex reply leniently (robust protocol); never raises."""
     try:
         if not isinstance(text, str):
             return UNPARSED
@@ -215,7 +225,7 @@ def parse_flex_reply(text: object) -> PairVerdict:
 
 
 def parse_think_reply(text: object) -> PairVerdict:
-    """Read a UnifiedReward-Think reply (`<think>..</think><answer>Image 1 is better</answer>`); no raise."""
+    """Read a UnifiedReward-Think reply leniently (robust protocol); never raises."""
     try:
         if not isinstance(text, str):
             return UNPARSED
@@ -237,7 +247,7 @@ def parse_think_reply(text: object) -> PairVerdict:
 
 
 def parse_pointwise_reply(text: object, dimensions: tuple[str, ...]) -> PointVerdict:
-    """Read `Alignment Score (1-5): 4`-style lines for `dimensions` (lower case); never raises.
+    """Read `Alignment Score (1-5): 4`-style lines for `dimensions` (lower case) leniently; never raises.
 
     Scores are clamped to [1, 5]; a dimension's first score counts. Parsed if any dimension is read.
     """
@@ -249,6 +259,88 @@ def parse_pointwise_reply(text: object, dimensions: tuple[str, ...]) -> PointVer
             name = match.group(1).lower()
             if name in dimensions and name not in scores:
                 scores[name] = min(5.0, max(1.0, float(match.group(2))))
+        return PointVerdict(scores=scores, parsed=bool(scores))
+    except Exception:  # a parser must never take the reward worker down
+        return PointVerdict()
+
+
+# ------------------------------------------------------------------------------------------ official protocol
+_OFFICIAL_FIRST = re.compile(r"\b(?:video|image)\s*1\b")
+_OFFICIAL_SECOND = re.compile(r"\b(?:video|image)\s*2\b")
+_OFFICIAL_OUTERMOST = re.compile(r"\{.*\}", re.DOTALL)
+_OFFICIAL_POINT_SCORE = re.compile(r"(\w+) Score \(1-5\):\s*([0-5](?:\.\d+)?)")
+OFFICIAL_CATEGORIES = 3  # only the first three categories of a reply count
+
+
+def official_winner(value: object) -> int | None:
+    """0 or 1 where exactly one of "image/video 1", "image/video 2" appears in str(value) (any case), else None."""
+    lowered = str(value).lower()
+    first, second = _OFFICIAL_FIRST.search(lowered), _OFFICIAL_SECOND.search(lowered)
+    if first and not second:
+        return 0
+    if second and not first:
+        return 1
+    return None
+
+
+def official_json_object(text: str) -> dict | None:
+    """The reply parsed whole as JSON, else its outermost `{...}` (first "{" to last "}"); None if neither is a
+    JSON object. No repair of truncated JSON."""
+    text = text[:MAX_REPLY_CHARS].strip()
+    for candidate in (text, *(m.group(0) for m in [_OFFICIAL_OUTERMOST.search(text)] if m)):
+        try:
+            obj = json.loads(candidate)
+        except (ValueError, RecursionError):
+            continue
+        return obj if isinstance(obj, dict) else None
+    return None
+
+
+def parse_flex_official(text: object) -> PairVerdict:
+    """Read a Flex reply as its authors do; never raises. `parsed` = a non-empty JSON object was found (only
+    such replies give category evidence); its winner may still be None (a tie)."""
+    try:
+        obj = official_json_object(text) if isinstance(text, str) and text else None
+        if not obj:
+            return UNPARSED
+        raw = obj.get("categories", [])
+        items = raw[:OFFICIAL_CATEGORIES] if isinstance(raw, list) else []  # the authors' code raises otherwise
+        categories = tuple(
+            (str(c.get("name", "")).strip() or "category", official_winner(c.get("cat_winner", "")))
+            for c in items
+            if isinstance(c, dict)
+        )
+        winner = official_winner(obj.get("winner", ""))
+        return PairVerdict(winner=winner, categories=categories, parsed=True, details=obj)
+    except Exception:  # a parser must never take the reward worker down
+        return UNPARSED
+
+
+def parse_think_official(text: object, video: bool) -> PairVerdict:
+    """Read a Think reply as its authors do: the first <answer>...</answer> holds "Image 1 is better" (first
+    sample) or "Image 2 is better" (checked in that order); anything else is a tie, counted as unparsed."""
+    try:
+        if not isinstance(text, str):
+            return UNPARSED
+        answer = re.search(r"<answer>(.*?)</answer>", text[:MAX_REPLY_CHARS], re.DOTALL)
+        verdict = answer.group(1).strip() if answer else ""
+        label = "Video" if video else "Image"
+        for winner in (0, 1):
+            if f"{label} {winner + 1} is better" in verdict:
+                return PairVerdict(winner=winner, parsed=True, details={"answer": verdict})
+        return UNPARSED
+    except Exception:  # a parser must never take the reward worker down
+        return UNPARSED
+
+
+def parse_pointwise_official(text: object, dimensions: tuple[str, ...]) -> PointVerdict:
+    """Read `Alignment Score (1-5): 2.69` lines as the authors do (case-sensitive name, 0-5 with decimals, the
+    last score of a name counts); never raises. Parsed if any of `dimensions` (lower case) is read."""
+    try:
+        if not isinstance(text, str):
+            return PointVerdict()
+        found = {name: float(value) for name, value in _OFFICIAL_POINT_SCORE.findall(text[:MAX_REPLY_CHARS])}
+        scores = {d: found[d.capitalize()] for d in dimensions if d.capitalize() in found}
         return PointVerdict(scores=scores, parsed=bool(scores))
     except Exception:  # a parser must never take the reward worker down
         return PointVerdict()

@@ -1,9 +1,10 @@
 """VLM judges as reward models: UnifiedReward-Flex and -Think (pairwise) and UnifiedReward-2.0 (pointwise).
 
-Scoring a group: (1) build every request of the group (pairs from `judge_pairs`, or one per sample),
-(2) send them to the backend as one batch, (3) parse the replies, (4) send what failed or did not parse
-again, up to `max_retries` times, (5) turn the verdicts into rewards; what never parsed is a tie, counted in
-`unparsed`.
+Scoring groups (`score_many`; `score` is one group): (1) build every request of every group (pairs from
+`judge_pairs`, or one per sample), each the media first and then the authors' template, (2) send them to the
+backend as one batch, (3) parse the replies, (4) send what failed or did not parse again, up to `max_retries`
+times, (5) turn each group's verdicts into rewards; what never parsed is a tie, counted in `unparsed`.
+`spec.protocol` picks the reading of replies: official (the authors' parse and reward rule) or robust.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from functools import partial
 
 import numpy as np
 import torch
@@ -23,28 +25,29 @@ from reward_workers.base import RewardOutput
 from reward_workers.judge_parse import (
     PairVerdict,
     PointVerdict,
+    parse_flex_official,
     parse_flex_reply,
+    parse_pointwise_official,
     parse_pointwise_reply,
+    parse_think_official,
     parse_think_reply,
 )
 from reward_workers.judge_prompts import (
     POINTWISE_DIMENSIONS,
-    flex_instructions,
     flex_reply_schema,
-    media_label,
-    pointwise_instructions,
     pointwise_reply_regex,
-    think_instructions,
+    render,
     think_reply_regex,
 )
 from reward_workers.winrate import Comparison, flex_rewards, judge_pairs, win_rates
 
 log = logging.getLogger(__name__)
-RETRY_TEMPERATURE = 0.7  # retries sample, so a garbled greedy reply is not simply repeated
+RETRY_TEMPERATURE = 0.7  # greedy retries sample, so a garbled greedy reply is not simply repeated
 
 
 def sample_frames(media: torch.Tensor, num_frames: int) -> list[list[np.ndarray]]:
-    """Per sample, the images a judge sees: the image itself, or `num_frames` evenly spaced video frames.
+    """Per sample, the images a judge sees: the image itself, or min(`num_frames`, F) video frames at
+    linspace(0, F - 1) truncated to integers (the authors' frame choice).
 
     media: [G, H, W, 3] or [G, F, H, W, 3] uint8. Returns G lists of uint8 [H, W, 3] arrays.
     """
@@ -52,7 +55,7 @@ def sample_frames(media: torch.Tensor, num_frames: int) -> list[list[np.ndarray]
     if media.dim() == 4:
         return [[image] for image in array]
     frames = array.shape[1]
-    index = np.unique(np.round(np.linspace(0, frames - 1, min(num_frames, frames))).astype(int))
+    index = np.linspace(0, frames - 1, min(num_frames, frames)).astype(int)
     return [list(video[index]) for video in array]
 
 
@@ -81,7 +84,8 @@ def ask(
             if not verdicts[i].parsed:
                 failed.append((i, reply is None))
         pending = [i for i, _ in failed]
-        generation = replace(generation, temperature=max(generation.temperature, RETRY_TEMPERATURE))
+        if generation.temperature is not None:
+            generation = replace(generation, temperature=max(generation.temperature, RETRY_TEMPERATURE))
         if any(transport for _, transport in failed) and attempt < max_retries:
             time.sleep(backend.retry_delay_s * 2**attempt)  # back off a struggling server
     return verdicts, attempts
@@ -99,32 +103,62 @@ def _generate(backend: JudgeBackend, requests: list[JudgeRequest], generation: G
     return replies
 
 
+def _by_modality(groups: list[MediaGroup]) -> list[list[int]]:
+    """Indices of the image groups and of the video groups (one batch each: their generations differ)."""
+    return [idx for video in (False, True) if (idx := [i for i, g in enumerate(groups) if g.is_video == video])]
+
+
+def _generation(spec: RewardSpec, constraint: dict) -> Generation:
+    return Generation(
+        max_new_tokens=spec.max_new_tokens, temperature=spec.temperature, thinking=spec.thinking, **constraint
+    )
+
+
+Rewards = tuple[torch.Tensor, dict[str, torch.Tensor], dict]  # [G] rewards, [G] components by suffix, log entry
+
+
 @dataclass(frozen=True)
 class PairwiseFormat:
-    """What makes a pairwise judge Flex or Think: its question, reply shape, parser and reward."""
+    """What makes a pairwise judge Flex or Think: its template, reply shape, parsers and reward."""
 
-    instructions: Callable[[str, bool], str]  # (prompt, video) -> instruction text
-    constraint: Callable[[bool, int], dict]  # (video, text_chars) -> Generation kwargs (json_schema or regex)
-    parse: Callable[[object], PairVerdict]
-    rewards: Callable[[int, list[Comparison]], tuple[torch.Tensor, dict[str, torch.Tensor]]]
+    template: str  # judge_prompts template name
+    constraint: Callable[[bool, int | None], dict]  # (video, text_chars) -> Generation kwargs (json_schema or regex)
+    parse: Callable[[object, bool, bool], PairVerdict]  # (reply, video, official)
+    rewards: Callable[[int, list[Comparison], bool, bool], Rewards]  # (G, comparisons, video, official)
 
 
-def _overall_rewards(group_size: int, comparisons: list[Comparison]) -> tuple[torch.Tensor, dict]:
-    rates = win_rates(group_size, comparisons)  # [G]
-    return rates, {"overall": rates}
+def _flex_parse(reply: object, video: bool, official: bool) -> PairVerdict:
+    return parse_flex_official(reply) if official else parse_flex_reply(reply)
+
+
+def _flex_rewards(group_size: int, comparisons: list[Comparison], video: bool, official: bool) -> Rewards:
+    rates = flex_rewards(group_size, comparisons, video=video, official=official)
+    components = {"overall": rates.overall, "category": rates.category, "category_mask": rates.evidence.float()}
+    entry = {"overall": rates.overall.tolist(), "category": rates.category.tolist()}
+    entry |= {"evidence": rates.evidence.tolist()} | {k: r.tolist() for k, r in rates.per_category.items()}
+    return rates.rewards, components, entry
+
+
+def _think_parse(reply: object, video: bool, official: bool) -> PairVerdict:
+    return parse_think_official(reply, video) if official else parse_think_reply(reply)
+
+
+def _think_rewards(group_size: int, comparisons: list[Comparison], video: bool, official: bool) -> Rewards:
+    rates = win_rates(group_size, comparisons, rounded=official)  # [G]
+    return rates, {}, {"overall": rates.tolist()}
 
 
 FLEX = PairwiseFormat(
-    instructions=flex_instructions,
+    template="flex",
     constraint=lambda video, chars: {"json_schema": flex_reply_schema(video, chars)},
-    parse=parse_flex_reply,
-    rewards=flex_rewards,
+    parse=_flex_parse,
+    rewards=_flex_rewards,
 )
 THINK = PairwiseFormat(
-    instructions=think_instructions,
+    template="think",
     constraint=lambda video, chars: {"regex": think_reply_regex(video, chars)},
-    parse=parse_think_reply,
-    rewards=_overall_rewards,
+    parse=_think_parse,
+    rewards=_think_rewards,
 )
 
 
@@ -133,37 +167,59 @@ class PairwiseJudge:
 
     def __init__(self, backend: JudgeBackend, spec: RewardSpec, reply_format: PairwiseFormat) -> None:
         self.backend, self.spec, self.format = backend, spec, reply_format
+        self.official = spec.protocol == "official"
 
     def requests(self, group: MediaGroup) -> tuple[list[tuple[int, int]], list[JudgeRequest]]:
-        """The pairs to judge and their requests: instructions, then each side's caption and images."""
+        """The pairs to judge and their requests: the first sample's images, the second's, then the text."""
         frames = sample_frames(group.media, self.spec.video_frames)
-        instructions = self.format.instructions(group.prompt, group.is_video)
-        first, second = media_label(group.is_video, 0), media_label(group.is_video, 1)
+        text = render(self.format.template, group.is_video, group.prompt)
         pairs = judge_pairs(len(frames), self.spec.pairs_per_sample, self.spec.both_orders)
-        requests = [JudgeRequest((instructions, first, *frames[i], second, *frames[j])) for i, j in pairs]
-        return pairs, requests
+        return pairs, [JudgeRequest((*frames[i], *frames[j], text)) for i, j in pairs]
 
     def score(self, group: MediaGroup) -> RewardOutput:
-        pairs, requests = self.requests(group)
-        verdicts, attempts = ask(
-            self.backend, requests, self._generation(group.is_video), self.format.parse, self.spec.max_retries
-        )
+        return self.score_many([group])[0]
+
+    def score_many(self, groups: list[MediaGroup]) -> list[RewardOutput]:
+        """Score several groups with one batch of requests per modality; one output per group, in order."""
+        outputs: list[RewardOutput | None] = [None] * len(groups)
+        for indices in _by_modality(groups):
+            video = groups[indices[0]].is_video
+            built = [self.requests(groups[i]) for i in indices]
+            requests = [r for _, group_requests in built for r in group_requests]
+            parse = partial(self.format.parse, video=video, official=self.official)
+            verdicts, attempts = ask(self.backend, requests, self._generation(video), parse, self.spec.max_retries)
+            start = 0
+            for i, (pairs, _) in zip(indices, built, strict=True):
+                end = start + len(pairs)
+                outputs[i] = self._output(groups[i], pairs, verdicts[start:end], attempts[start:end])
+                start = end
+        return outputs  # type: ignore[return-value]
+
+    def _output(
+        self, group: MediaGroup, pairs: list[tuple[int, int]], verdicts: list[PairVerdict], attempts: list[int]
+    ) -> RewardOutput:
         comparisons = [Comparison(i, j, v) for (i, j), v in zip(pairs, verdicts, strict=True)]
-        rewards, rates = self.format.rewards(group.media.shape[0], comparisons)
+        rewards, components, rates = self.format.rewards(
+            group.media.shape[0], comparisons, group.is_video, self.official
+        )
         details = [_pair_details(c, n) for c, n in zip(comparisons, attempts, strict=True)]
-        details.append({"kind": "win_rates"} | {name: r.tolist() for name, r in rates.items()})
+        details.append({"kind": "win_rates", "protocol": self.spec.protocol} | rates)
+        decided = [v.winner for v in verdicts if v.winner is not None]
         return RewardOutput(
             rewards=rewards,
             details=details,
             unparsed=sum(not v.parsed for v in verdicts),
             requests=sum(attempts),
+            components=components,
+            first_position_wins=decided.count(0),
+            position_decided=len(decided),
         )
 
     def _generation(self, video: bool) -> Generation:
         constraint = {}
         if self.spec.structured_output:
             constraint = self.format.constraint(video, self.spec.structured_text_chars)
-        return Generation(max_new_tokens=self.spec.max_new_tokens, **constraint)
+        return _generation(self.spec, constraint)
 
     def close(self) -> None:
         self.backend.close()
@@ -172,38 +228,64 @@ class PairwiseJudge:
 def _pair_details(c: Comparison, attempts: int) -> dict:
     """A judgement for the logs, with winners named by sample index (None: tie)."""
     sides = (c.first, c.second)
-    pick = lambda w: None if w is None else sides[w]
+    pick = lambda w: None if w is None else sides[w]  # noqa: E731
     return {
         "kind": "pair",
         "pair": [c.first, c.second],
         "parsed": c.verdict.parsed,
         "attempts": attempts,
         "winner": pick(c.verdict.winner),
-        "categories": {k: pick(w) for k, w in c.verdict.categories.items()},
+        "categories": {k: pick(w) for k, w in c.verdict.categories},
         "reply": c.verdict.details,
     }
 
 
 class PointwiseJudge:
-    """UnifiedReward-2.0: each sample scored alone on 1-5 scales; reward = mean of (score - 1) / 4, in [0, 1].
+    """UnifiedReward-2.0: each sample scored alone on 1-5 scales; reward = mean of (score - 1) / 4.
 
-    A dimension the reply does not give counts 0.5 (a tie); an unreadable reply is 0.5 overall.
+    A dimension the reply does not give: official, the mean of that dimension over the group's samples that
+    have it (the authors' fill), else a tie; robust, a tie (0.5). An unreadable reply is 0.5 overall.
     """
 
     def __init__(self, backend: JudgeBackend, spec: RewardSpec) -> None:
         self.backend, self.spec = backend, spec
+        self.official = spec.protocol == "official"
 
     def score(self, group: MediaGroup) -> RewardOutput:
-        dims = POINTWISE_DIMENSIONS[group.is_video]
-        instructions = pointwise_instructions(group.prompt, group.is_video)
-        frames = sample_frames(group.media, self.spec.video_frames)
-        requests = [JudgeRequest((instructions, *sample)) for sample in frames]
-        regex = {"regex": pointwise_reply_regex(group.is_video)} if self.spec.structured_output else {}
-        generation = Generation(max_new_tokens=self.spec.max_new_tokens, **regex)
-        parse = lambda reply: parse_pointwise_reply(reply, dims)
-        verdicts, attempts = ask(self.backend, requests, generation, parse, self.spec.max_retries)
+        return self.score_many([group])[0]
+
+    def score_many(self, groups: list[MediaGroup]) -> list[RewardOutput]:
+        """Score several groups with one batch of requests per modality; one output per group, in order."""
+        outputs: list[RewardOutput | None] = [None] * len(groups)
+        for indices in _by_modality(groups):
+            video = groups[indices[0]].is_video
+            dims = POINTWISE_DIMENSIONS[video]
+            requests = [
+                JudgeRequest((*sample, render("pointwise", video, groups[i].prompt)))
+                for i in indices
+                for sample in sample_frames(groups[i].media, self.spec.video_frames)
+            ]
+            regex = {"regex": pointwise_reply_regex(video)} if self.spec.structured_output else {}
+            reader = parse_pointwise_official if self.official else parse_pointwise_reply
+            parse = partial(reader, dimensions=dims)
+            verdicts, attempts = ask(
+                self.backend, requests, _generation(self.spec, regex), parse, self.spec.max_retries
+            )
+            start = 0
+            for i in indices:
+                end = start + groups[i].media.shape[0]
+                outputs[i] = self._output(dims, verdicts[start:end], attempts[start:end])
+                start = end
+        return outputs  # type: ignore[return-value]
+
+    def _output(self, dims: tuple[str, ...], verdicts: list[PointVerdict], attempts: list[int]) -> RewardOutput:
+        fill = {d: 3.0 for d in dims}  # a tie: (3 - 1) / 4 = 0.5
+        if self.official:
+            given = {d: [v.scores[d] for v in verdicts if d in v.scores] for d in dims}
+            fill |= {d: float(np.mean(values)) for d, values in given.items() if values}
         rewards = torch.tensor(
-            [np.mean([(v.scores[d] - 1) / 4 if d in v.scores else 0.5 for d in dims]) for v in verdicts],
+            [np.mean([(v.scores.get(d, fill[d]) - 1) / 4 for d in dims]) if v.parsed or self.official else 0.5
+             for v in verdicts],
             dtype=torch.float32,
         )  # [G]
         details = [

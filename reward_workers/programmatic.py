@@ -29,5 +29,8 @@ class JpegSize:
         sizes = torch.tensor([[jpeg_size_kb(f) for f in sample] for sample in frames]).mean(dim=1)  # [G]
         return RewardOutput(rewards=self.sign * sizes)
 
+    def score_many(self, groups: list[MediaGroup]) -> list[RewardOutput]:
+        return [self.score(group) for group in groups]
+
     def close(self) -> None:
         pass

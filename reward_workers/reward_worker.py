@@ -3,28 +3,84 @@
 from __future__ import annotations
 
 import threading
+import time
+from dataclasses import dataclass, field
 
 import torch
 
 from flexgrpo.config import RewardSpec
+from flexgrpo.heartbeat import Heartbeating
 from flexgrpo.records import MediaGroup, ScoredGroup
-from reward_workers.base import RewardModel
+from reward_workers.base import RewardModel, RewardOutput
 from reward_workers.registry import build_reward, check_reward_specs
 
 
-class RewardWorker:
-    """Scores groups with the current reward spec. Safe to call from several threads: `swap` builds the new
-    models while scoring goes on, then waits for the group in flight; no group is scored by two specs."""
+@dataclass
+class _Loaded:
+    """One version of the reward spec with its models, and how many scorings still use it."""
 
-    def __init__(self, specs: list[RewardSpec], version: int = 0) -> None:
-        self.specs: list[RewardSpec] = []
-        self.models: list[RewardModel] = []
-        self.version = -1
-        self._lock = threading.Lock()  # held while a group is scored and while the spec is replaced
+    specs: list[RewardSpec]
+    models: list[RewardModel]
+    version: int
+    in_flight: int = 0
+    retired: bool = False  # swapped out: closed once the last scoring that uses it is done
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def enter(self) -> None:
+        with self.lock:
+            self.in_flight += 1
+
+    def leave(self) -> None:
+        with self.lock:
+            self.in_flight -= 1
+            close = self.retired and self.in_flight == 0
+        if close:
+            self.close()
+
+    def retire(self) -> None:
+        with self.lock:
+            self.retired = True
+            close = self.in_flight == 0
+        if close:
+            self.close()
+
+    def close(self) -> None:
+        for model in self.models:
+            model.close()
+
+
+class RewardWorker(Heartbeating):
+    """Scores groups with the current reward spec; safe to call from several threads at once.
+
+    Groups scored concurrently (`score` from several threads, or `score_many`) share the judges' engine
+    batches; nothing is held across a group. Each call scores all its groups with the one spec version current
+    when it starts (a group never mixes specs); `swap` builds the new models while scoring goes on, and the old
+    ones are closed when the last call using them ends.
+    """
+
+    def __init__(self, specs: list[RewardSpec], version: int = 0, *, hold_s: float = 0.0) -> None:
+        self.hold_s = hold_s  # benchmarks and tests: a sleep per scoring call, standing in for a GPU-bound judge
+        self._current: _Loaded | None = None
+        self._swap_lock = threading.Lock()  # held only to exchange the current spec
         self.swap(specs, version)
 
+    @property
+    def version(self) -> int:
+        assert self._current is not None
+        return self._current.version
+
+    @property
+    def specs(self) -> list[RewardSpec]:
+        assert self._current is not None
+        return self._current.specs
+
+    @property
+    def models(self) -> list[RewardModel]:
+        assert self._current is not None
+        return self._current.models
+
     def swap(self, specs: list[RewardSpec], version: int) -> int:
-        """Load a new reward spec; the old models are released only once the new ones are built.
+        """Load a new reward spec; the old models are released once no scoring uses them.
 
         A spec that fails to build leaves the current one in place (and releases what it had built)."""
         check_reward_specs(specs)
@@ -36,10 +92,10 @@ class RewardWorker:
             for model in models:
                 model.close()
             raise
-        with self._lock:
-            old, self.specs, self.models, self.version = self.models, list(specs), models, version
-        for model in old:
-            model.close()
+        with self._swap_lock:
+            old, self._current = self._current, _Loaded(list(specs), models, version)
+        if old is not None:
+            old.retire()
         return version
 
     def ready(self) -> int:
@@ -47,24 +103,46 @@ class RewardWorker:
         return self.version
 
     def score(self, group: MediaGroup) -> ScoredGroup:
-        with self._lock:
-            return self._score(group)
+        return self.score_many([group])[0]
 
-    def _score(self, group: MediaGroup) -> ScoredGroup:
-        outputs = [model.score(group) for model in self.models]
-        components = {spec.name: out.rewards.float() for spec, out in zip(self.specs, outputs, strict=True)}
-        combined = sum(spec.weight * components[spec.name] for spec in self.specs)
-        return ScoredGroup(
-            group_id=group.group_id,
-            policy_version=group.policy_version,
-            reward_version=self.version,
-            rewards=torch.as_tensor(combined, dtype=torch.float32),
-            components=components,
-            details=[
-                d | {"reward": spec.name}
-                for spec, out in zip(self.specs, outputs, strict=True)
-                for d in out.details
-            ],
-            unparsed=sum(out.unparsed for out in outputs),
-            requests=sum(out.requests for out in outputs),
-        )
+    def score_many(self, groups: list[MediaGroup]) -> list[ScoredGroup]:
+        """Score several groups together (the judges send all their requests as one batch), all with the same
+        spec version; one ScoredGroup per group, in order."""
+        with self._swap_lock:
+            loaded = self._current
+            assert loaded is not None
+            loaded.enter()
+        try:
+            per_model = [model.score_many(groups) for model in loaded.models]  # [models][groups]
+        finally:
+            loaded.leave()
+        if self.hold_s:
+            time.sleep(self.hold_s)
+        return [
+            _scored(group, loaded, [outputs[g] for outputs in per_model]) for g, group in enumerate(groups)
+        ]
+
+
+def _scored(group: MediaGroup, loaded: _Loaded, outputs: list[RewardOutput]) -> ScoredGroup:
+    """One group's record from each model's output (same order as `loaded.specs`)."""
+    components: dict[str, torch.Tensor] = {}
+    for spec, out in zip(loaded.specs, outputs, strict=True):
+        components[spec.name] = out.rewards.float()
+        components |= {f"{spec.name}/{part}": value.float() for part, value in out.components.items()}
+    combined = sum(spec.weight * components[spec.name] for spec in loaded.specs)
+    return ScoredGroup(
+        group_id=group.group_id,
+        prompt=group.prompt,
+        policy_version=group.policy_version,
+        reward_version=loaded.version,
+        rewards=torch.as_tensor(combined, dtype=torch.float32),
+        components=components,
+        weights={spec.name: spec.weight for spec in loaded.specs},
+        details=[
+            d | {"reward": spec.name} for spec, out in zip(loaded.specs, outputs, strict=True) for d in out.details
+        ],
+        unparsed=sum(out.unparsed for out in outputs),
+        requests=sum(out.requests for out in outputs),
+        first_position_wins=sum(out.first_position_wins for out in outputs),
+        position_decided=sum(out.position_decided for out in outputs),
+    )

@@ -1,13 +1,16 @@
 """Group rewards from pairwise judgements: which pairs to judge, and win rates from the verdicts (pure math).
 
-A sample's win rate is wins / comparisons, where a tie or an unreadable reply gives 0.5 to both sides. The
-reward of a Flex-style judge mixes the overall win rate with the category win rates:
-reward = OVERALL_WEIGHT * overall + (1 - OVERALL_WEIGHT) * weighted mean of the category win rates.
+A sample's win rate is wins / comparisons, where a tie or an unreadable reply gives 0.5 to both sides. The Flex
+reward (the rule of Pref-GRPO `fastvideo/rewards/unifiedreward_flex.py`): category win rates come only from
+replies that parsed (their first three categories); a sample's category mean weighs them 1.0/0.7/0.7 (images)
+or 1.0/1.0/1.0 (videos); reward = (0.3 * overall + 0.7 * category mean) / (0.3 + 0.7), or the overall win rate
+alone where the sample has no category evidence.
 """
 
 from __future__ import annotations
 
 import math
+from collections import defaultdict
 from dataclasses import dataclass
 
 import torch
@@ -15,7 +18,10 @@ import torch
 from reward_workers.judge_parse import PairVerdict
 
 OVERALL_WEIGHT = 0.3
-CATEGORY_WEIGHTS = {"A": 1.0, "B": 0.7, "C": 0.7, "D": 0.7}  # D counts only where a judge reports it
+CATEGORY_WEIGHT = 0.7
+CATEGORY_WEIGHTS = {False: (1.0, 0.7, 0.7), True: (1.0, 1.0, 1.0)}  # images, videos: A, B, C
+ROBUST_LETTERS = ("A", "B", "C")
+DECIMALS = 3  # official protocol: the authors round win rates and category means to 3 decimals
 
 
 @dataclass(frozen=True)
@@ -25,6 +31,17 @@ class Comparison:
     first: int
     second: int
     verdict: PairVerdict
+
+
+@dataclass(frozen=True)
+class FlexRates:
+    """The Flex reward of a group and what it is made of. G = group size."""
+
+    rewards: torch.Tensor  # [G] float32 mixed reward
+    overall: torch.Tensor  # [G] float32 overall win rate
+    category: torch.Tensor  # [G] float32 weighted category mean (0 where a sample has no category evidence)
+    evidence: torch.Tensor  # [G] bool, the sample has a category win rate from at least one parsed reply
+    per_category: dict[str, torch.Tensor]  # category key -> [G] float32 win rate (0 where never compared)
 
 
 def judge_pairs(
@@ -51,33 +68,76 @@ def judge_pairs(
     return pairs
 
 
-def win_rates(group_size: int, comparisons: list[Comparison], category: str | None = None) -> torch.Tensor:
-    """Per-sample win rate [G] float32, overall (category None) or in one category; 0.5 if never compared."""
-    wins = torch.zeros(group_size, dtype=torch.float64)  # [G]
-    seen = torch.zeros(group_size, dtype=torch.float64)  # [G]
-    for c in comparisons:
-        winner = c.verdict.winner if category is None else c.verdict.categories.get(category)
-        seen[[c.first, c.second]] += 1
+class _Tally:
+    """Wins and comparisons per sample."""
+
+    def __init__(self) -> None:
+        self.wins: dict[int, float] = defaultdict(float)
+        self.seen: dict[int, int] = defaultdict(int)
+
+    def add(self, first: int, second: int, winner: int | None) -> None:
+        self.seen[first] += 1
+        self.seen[second] += 1
         if winner is None:
-            wins[[c.first, c.second]] += 0.5
+            self.wins[first] += 0.5
+            self.wins[second] += 0.5
         else:
-            wins[c.first if winner == 0 else c.second] += 1
-    rates = torch.where(seen > 0, wins / seen.clamp(min=1), torch.full_like(wins, 0.5))  # [G]
-    return rates.float()
+            self.wins[first if winner == 0 else second] += 1
+
+    def rate(self, i: int, unseen: float) -> float:
+        return self.wins[i] / self.seen[i] if self.seen[i] else unseen
 
 
-def flex_rewards(
-    group_size: int, comparisons: list[Comparison]
-) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Rewards [G] = 0.3 * overall win rate + 0.7 * weighted category mean (A 1.0, B 0.7, C 0.7, D 0.7).
+def win_rates(group_size: int, comparisons: list[Comparison], rounded: bool = False) -> torch.Tensor:
+    """Per-sample overall win rate [G] float32; 0.5 if never compared (rounded: the authors' 3 decimals, 0)."""
+    tally = _Tally()
+    for c in comparisons:
+        tally.add(c.first, c.second, c.verdict.winner)
+    if rounded:
+        return torch.tensor([round(tally.rate(i, 0.0), DECIMALS) for i in range(group_size)], dtype=torch.float32)
+    return torch.tensor([tally.rate(i, 0.5) for i in range(group_size)], dtype=torch.float32)
 
-    Also returns the win rates by name ("overall", "A", "B", ...), each [G] float32. A category a verdict does
-    not report is a tie for that pair; D enters only if some verdict reports it.
-    """
-    letters = ["A", "B", "C"] + (["D"] if any("D" in c.verdict.categories for c in comparisons) else [])
-    rates = {"overall": win_rates(group_size, comparisons)}
-    rates |= {letter: win_rates(group_size, comparisons, letter) for letter in letters}
-    total_weight = sum(CATEGORY_WEIGHTS[letter] for letter in letters)
-    category_mean = sum(CATEGORY_WEIGHTS[letter] * rates[letter] for letter in letters) / total_weight  # [G]
-    rewards = OVERALL_WEIGHT * rates["overall"] + (1 - OVERALL_WEIGHT) * category_mean  # [G]
-    return rewards.float(), rates
+
+def flex_rewards(group_size: int, comparisons: list[Comparison], *, video: bool, official: bool) -> FlexRates:
+    """The Flex reward rule. official: categories keyed by the names the replies give (already cut to the first
+    three by the parser), weighted in order of first appearance (1.0 past the third), rates rounded as the
+    authors round them. robust: categories by letter, A/B/C only, each with its own weight, no rounding."""
+    overall = _Tally()
+    categories: dict[str, _Tally] = {}  # in order of first appearance
+    for c in comparisons:
+        overall.add(c.first, c.second, c.verdict.winner)
+        if not c.verdict.parsed:
+            continue
+        for key, winner in c.verdict.categories:
+            if official or key in ROBUST_LETTERS:
+                categories.setdefault(key, _Tally()).add(c.first, c.second, winner)
+    weights = CATEGORY_WEIGHTS[video]
+    if official:
+        keys = list(categories)
+        key_weights = [weights[k] if k < len(weights) else 1.0 for k in range(len(keys))]
+    else:
+        keys = [letter for letter in ROBUST_LETTERS if letter in categories]
+        key_weights = [weights[ROBUST_LETTERS.index(letter)] for letter in keys]
+
+    overall_rates, means, evidence, rewards = [], [], [], []
+    for i in range(group_size):
+        o = overall.rate(i, 0.0 if official else 0.5)
+        o = round(o, DECIMALS) if official else o
+        seen = [
+            (categories[k].rate(i, 0.0), w) for k, w in zip(keys, key_weights, strict=True) if categories[k].seen[i]
+        ]
+        mean = sum(r * w for r, w in seen) / sum(w for _, w in seen) if seen else 0.0
+        mean = round(mean, DECIMALS) if official and seen else mean
+        mixed = (OVERALL_WEIGHT * o + CATEGORY_WEIGHT * mean) / (OVERALL_WEIGHT + CATEGORY_WEIGHT)
+        overall_rates.append(o)
+        means.append(mean)
+        evidence.append(bool(seen))
+        rewards.append(mixed if seen else o)
+    as_tensor = lambda values: torch.tensor(values, dtype=torch.float32)  # noqa: E731
+    return FlexRates(
+        rewards=as_tensor(rewards),
+        overall=as_tensor(overall_rates),
+        category=as_tensor(means),
+        evidence=torch.tensor(evidence, dtype=torch.bool),
+        per_category={k: as_tensor([categories[k].rate(i, 0.0) for i in range(group_size)]) for k in keys},
+    )

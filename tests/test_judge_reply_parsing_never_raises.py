@@ -64,7 +64,7 @@ def test_winner_spellings(value: object, expected: int | None) -> None:
 
 def test_flex_reply_in_prose_fences_and_any_case() -> None:
     plain = parse_flex_reply(FLEX_REPLY)
-    assert plain.parsed and plain.winner == 0 and plain.categories == {"A": 0, "B": 1, "C": 0}
+    assert plain.parsed and plain.winner == 0 and dict(plain.categories) == {"A": 0, "B": 1, "C": 0}
     assert plain.details["prompt"] == "a red cat on a blue car"
     for wrapped in (
         f"Sure! Here is my judgement:\n```json\n{FLEX_REPLY}\n```\nHope it helps.",
@@ -72,7 +72,7 @@ def test_flex_reply_in_prose_fences_and_any_case() -> None:
         FLEX_REPLY.replace('"winner"', '"Winner"').replace('"categories"', '"CATEGORIES"'),
     ):
         verdict = parse_flex_reply(wrapped)
-        assert (verdict.parsed, verdict.winner, verdict.categories) == (True, 0, {"A": 0, "B": 1, "C": 0})
+        assert (verdict.parsed, verdict.winner, dict(verdict.categories)) == (True, 0, {"A": 0, "B": 1, "C": 0})
 
 
 def test_flex_categories_by_name_keyword_or_dimension_scores() -> None:
@@ -87,7 +87,7 @@ def test_flex_categories_by_name_keyword_or_dimension_scores() -> None:
     }
     verdict = parse_flex_reply(json.dumps(reply))
     assert verdict.parsed and verdict.winner == 1
-    assert verdict.categories == {"C": 1, "A": 0, "B": 1, "D": None}
+    assert verdict.categories == (("C", 1), ("A", 0), ("B", 1), ("D", None))  # in reply order
 
 
 def test_flex_truncated_reply_keeps_what_is_complete() -> None:
@@ -96,7 +96,7 @@ def test_flex_truncated_reply_keeps_what_is_complete() -> None:
     text = json.dumps(reordered)
     cut = text[: text.index("B. Image Quality") + 5]
     verdict = parse_flex_reply(cut)
-    assert verdict.parsed and verdict.winner == 0 and verdict.categories == {"A": 0}
+    assert verdict.parsed and verdict.winner == 0 and verdict.categories == (("A", 0),)
     # cut before the winner: nothing to score with, a counted tie
     assert not parse_flex_reply(FLEX_REPLY[: FLEX_REPLY.index('"winner"')]).parsed
 
@@ -184,8 +184,8 @@ def test_fuzzed_replies_never_raise_and_count_as_ties() -> None:
             verdict = parse(reply)
             assert isinstance(verdict, PairVerdict)
             assert verdict.winner in (0, 1, None)
-            assert set(verdict.categories) <= {"A", "B", "C", "D"}
-            assert all(w in (0, 1, None) for w in verdict.categories.values())
+            assert {k for k, _ in verdict.categories} <= {"A", "B", "C", "D"}
+            assert all(w in (0, 1, None) for _, w in verdict.categories)
             json.dumps(verdict.details)  # the details go to the logs as JSON
             unparsed += not verdict.parsed
             if not verdict.parsed:

@@ -22,7 +22,7 @@ from PIL import Image
 
 from flexgrpo.config import ConfigError, RewardSpec
 from flexgrpo.records import MediaGroup
-from reward_workers.backends import Generation, HttpBackend, JudgeRequest
+from reward_workers.backends import Generation, HttpBackend, JudgeRequest, jpeg_decoded
 from reward_workers.judges import FLEX, THINK, PairwiseJudge, PointwiseJudge, sample_frames
 from reward_workers.registry import build_reward, check_reward_specs
 
@@ -62,12 +62,13 @@ def spec(**overrides: object) -> RewardSpec:
 
 def test_garbage_then_good_reply_costs_one_retry() -> None:
     backend = ScriptedBackend(lambda r, call: "not json at all" if call == 0 else GOOD_FLEX)
-    out = PairwiseJudge(backend, spec(max_retries=2), FLEX).score(media_group(4))
+    out = PairwiseJudge(backend, spec(max_retries=2, temperature=0.0), FLEX).score(media_group(4))
     assert out.unparsed == 0 and out.requests == 12  # 6 pairs, each sent twice
     assert [n for n, _ in backend.calls] == [6, 6]
     assert [g.temperature for _, g in backend.calls] == [0.0, 0.7]  # a retry samples instead of repeating
     assert all(d["attempts"] == 2 for d in out.details if d["kind"] == "pair")
-    torch.testing.assert_close(out.rewards, torch.tensor([1.0, 2 / 3, 1 / 3, 0.0]))  # first shown always wins
+    expected = [1.0, 0.667, 0.333, 0.0]  # first shown always wins; official: rounded to 3 decimals as the authors do
+    torch.testing.assert_close(out.rewards, torch.tensor(expected))
 
 
 def test_replies_that_never_parse_are_counted_ties() -> None:
@@ -115,7 +116,8 @@ def test_pointwise_partial_and_garbled_replies() -> None:
     ]
     order = iter(replies)
     backend = ScriptedBackend(lambda r, call: next(order))
-    out = PointwiseJudge(backend, spec(name="unifiedreward_2", max_retries=0)).score(media_group(3))
+    robust = spec(name="unifiedreward_2", max_retries=0, protocol="robust")
+    out = PointwiseJudge(backend, robust).score(media_group(3))
     torch.testing.assert_close(out.rewards, torch.tensor([1.0, (0 + 0.5 + 0.5) / 3, 0.5]))
     assert out.unparsed == 1 and out.requests == 3
     assert [d["scores"] for d in out.details] == [
@@ -130,7 +132,7 @@ def test_request_layout_images_and_videos() -> None:
     pairs, requests = flex.requests(media_group(3, frames=20))
     assert pairs == [(0, 1), (0, 2), (1, 2)]
     parts = requests[0].parts
-    assert isinstance(parts[0], str) and parts[1] == "Video 1:" and parts[10] == "Video 2:"
+    assert len(parts) == 17 and isinstance(parts[-1], str)  # the frames of both videos, then the text
     assert len(requests[0].images) == 16  # 8 evenly spaced frames per video
     video = media_group(3, frames=20).media
     frames = sample_frames(video, 8)
@@ -138,9 +140,7 @@ def test_request_layout_images_and_videos() -> None:
     np.testing.assert_array_equal(frames[1][-1], video[1, 19].numpy())
     assert len(sample_frames(video[:, :5], 8)[0]) == 5  # a short video gives all its frames
     _, image_requests = flex.requests(media_group(3))
-    assert [p if isinstance(p, str) else "img" for p in image_requests[2].parts[1:]] == [
-        "Image 1:", "img", "Image 2:", "img"
-    ]  # fmt: skip
+    assert [p if isinstance(p, str) else "img" for p in image_requests[2].parts[:2]] == ["img", "img"]
     np.testing.assert_array_equal(image_requests[2].images[0], media_group(3).media[1].numpy())
 
 
@@ -229,7 +229,7 @@ def fault_server(request: pytest.FixtureRequest) -> Iterator[FaultServer]:
 
 
 @pytest.mark.parametrize("fault_server", [("ok", 0.2)], indirect=True)
-def test_http_concurrency_is_capped_and_images_travel_as_png(
+def test_http_concurrency_is_capped_and_images_travel_as_jpeg(
     fault_server: FaultServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("JUDGE_TEST_KEY", "sekrit")
@@ -254,9 +254,9 @@ def test_http_concurrency_is_capped_and_images_travel_as_png(
     assert body["model"] == "served-judge" and body["auth"] == "Bearer sekrit"
     assert "regex" in body["structured_outputs"]
     urls = [p["image_url"]["url"] for p in body["messages"][0]["content"] if p["type"] == "image_url"]
-    assert len(urls) == 2 and urls[0].startswith("data:image/png;base64,")
+    assert len(urls) == 2 and urls[0].startswith("data:image/jpeg;base64,")
     decoded = np.asarray(Image.open(io.BytesIO(base64.b64decode(urls[0].split(",", 1)[1]))))
-    assert any(np.array_equal(decoded, sample.numpy()) for sample in group.media)  # lossless
+    assert any(np.array_equal(decoded, np.asarray(jpeg_decoded(s.numpy()))) for s in group.media)  # JPEG q95
 
 
 @pytest.mark.parametrize("fault_server", [("error", 0.0), ("bad_body", 0.0), ("ok", 2.0)], indirect=True)

@@ -22,47 +22,45 @@ def flex_reply(winner: str, a: str, b: str, c: str | None = None, d: str | None 
     return json.dumps({"categories": categories, "reason": "...", "winner": winner})
 
 
+def robust(group_size: int, comparisons: list[Comparison], video: bool = False):
+    return flex_rewards(group_size, comparisons, video=video, official=False)
+
+
 def test_flex_rewards_by_hand() -> None:
     # pair (0, 1): 0 wins overall, A and C; 1 wins B. pair (0, 2): 2 wins overall and A, 0 wins B, C tied.
-    # pair (1, 2): garbage, a tie everywhere.
+    # pair (1, 2): garbage, a tie overall and no category evidence.
     comparisons = [
         Comparison(0, 1, parse_flex_reply(flex_reply("Image 1", "Image 1", "Image 2", "Image 1"))),
         Comparison(0, 2, parse_flex_reply(flex_reply("Image 2", "Image 2", "Image 1", "tie"))),
         Comparison(1, 2, parse_flex_reply("I cannot decide {")),
     ]
-    rewards, rates = flex_rewards(3, comparisons)
-    expected_rates = {
-        "overall": [1 / 2, 0.5 / 2, 1.5 / 2],
-        "A": [1 / 2, 0.5 / 2, 1.5 / 2],
-        "B": [1 / 2, 1.5 / 2, 0.5 / 2],
-        "C": [1.5 / 2, 0.5 / 2, 1 / 2],
-    }
-    for name, values in expected_rates.items():
-        torch.testing.assert_close(rates[name], torch.tensor(values))
+    rates = robust(3, comparisons)
+    overall = [1 / 2, 0.5 / 2, 1.5 / 2]
+    per_category = {"A": [1 / 2, 0 / 1, 1 / 1], "B": [1 / 2, 1 / 1, 0 / 1], "C": [1.5 / 2, 0 / 1, 0.5 / 1]}
+    torch.testing.assert_close(rates.overall, torch.tensor(overall))
+    for name, values in per_category.items():
+        torch.testing.assert_close(rates.per_category[name], torch.tensor(values))
     category_mean = [
-        (1.0 * a + 0.7 * b + 0.7 * c) / 2.4
-        for a, b, c in zip(*(expected_rates[k] for k in "ABC"), strict=True)
+        (1.0 * a + 0.7 * b + 0.7 * c) / 2.4 for a, b, c in zip(*(per_category[k] for k in "ABC"), strict=True)
     ]
-    expected = [0.3 * o + 0.7 * m for o, m in zip(expected_rates["overall"], category_mean, strict=True)]
-    torch.testing.assert_close(rewards, torch.tensor(expected))
-    assert rewards.dtype == torch.float32 and rewards.shape == (3,)
-    assert rewards.sum().item() == pytest.approx(1.5)  # every pair hands out exactly one point per category
+    expected = [0.3 * o + 0.7 * m for o, m in zip(overall, category_mean, strict=True)]
+    torch.testing.assert_close(rates.category, torch.tensor(category_mean))
+    torch.testing.assert_close(rates.rewards, torch.tensor(expected))
+    assert rates.rewards.dtype == torch.float32 and rates.rewards.shape == (3,)
 
 
-def test_category_d_enters_only_when_reported() -> None:
+def test_robust_counts_categories_a_b_c_only_and_video_weights_are_equal() -> None:
     with_d = [
-        Comparison(
-            0, 1, parse_flex_reply(flex_reply("Image 1", "Image 1", "Image 1", "Image 1", d="Image 2"))
-        ),
+        Comparison(0, 1, parse_flex_reply(flex_reply("Image 1", "Image 1", "Image 1", "Image 1", d="Image 2")))
     ]
-    rewards, rates = flex_rewards(2, with_d)
-    assert set(rates) == {"overall", "A", "B", "C", "D"}
-    expected_0 = 0.3 * 1 + 0.7 * (1.0 + 0.7 + 0.7 + 0.0) / 3.1
-    torch.testing.assert_close(rewards, torch.tensor([expected_0, 1 - expected_0]))
-    missing_c = [Comparison(0, 1, parse_flex_reply(flex_reply("Image 2", "Image 2", "Image 2")))]
-    rewards, rates = flex_rewards(2, missing_c)
-    assert set(rates) == {"overall", "A", "B", "C"}
-    torch.testing.assert_close(rates["C"], torch.tensor([0.5, 0.5]))  # not reported: a tie
+    rates = robust(2, with_d)
+    assert set(rates.per_category) == {"A", "B", "C"}  # D is not one of the first three
+    torch.testing.assert_close(rates.rewards, torch.tensor([1.0, 0.0]))
+    missing_c = [Comparison(0, 1, parse_flex_reply(flex_reply("Image 2", "Image 1", "Image 2")))]
+    rates = robust(2, missing_c)
+    assert set(rates.per_category) == {"A", "B"}  # not reported: no evidence, not a tie
+    torch.testing.assert_close(rates.category, torch.tensor([1.0 / 1.7, 0.7 / 1.7]))
+    torch.testing.assert_close(robust(2, missing_c, video=True).category, torch.tensor([0.5, 0.5]))
 
 
 def test_think_win_rates_and_uncompared_samples() -> None:
@@ -76,10 +74,10 @@ def test_think_win_rates_and_uncompared_samples() -> None:
 def test_both_orders_cancel_a_position_biased_judge() -> None:
     pairs = judge_pairs(4, both_orders=True)
     always_first = parse_flex_reply(flex_reply("Image 1", "Image 1", "Image 1", "Image 1"))
-    rewards, _ = flex_rewards(4, [Comparison(i, j, always_first) for i, j in pairs])
-    torch.testing.assert_close(rewards, torch.full((4,), 0.5))
-    rewards, _ = flex_rewards(4, [Comparison(i, j, always_first) for i, j in judge_pairs(4)])
-    torch.testing.assert_close(rewards, torch.tensor([1.0, 2 / 3, 1 / 3, 0.0]))
+    rates = robust(4, [Comparison(i, j, always_first) for i, j in pairs])
+    torch.testing.assert_close(rates.rewards, torch.full((4,), 0.5))
+    rates = robust(4, [Comparison(i, j, always_first) for i, j in judge_pairs(4)])
+    torch.testing.assert_close(rates.rewards, torch.tensor([1.0, 2 / 3, 1 / 3, 0.0]))
 
 
 @pytest.mark.parametrize(("group_size", "k"), [(4, 1), (4, 2), (6, 3), (9, 2), (9, 4), (9, 7), (24, 5)])
