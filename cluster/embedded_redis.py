@@ -77,6 +77,8 @@ class EmbeddedRedis:
                 str(self.data_dir),
                 "--appendonly",
                 "yes",
+                "--appendfsync",
+                "always",  # the ledger is the source of truth for exactly-once training: lose no write
                 "--save",
                 "60 1",
                 "--protected-mode",
