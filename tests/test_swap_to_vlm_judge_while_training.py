@@ -19,7 +19,9 @@ FLEX = {
     "backend": "vllm",
     "structured_output": True,
     "structured_text_chars": 3,
-    "max_new_tokens": 1024,
+    "max_new_tokens": 2048,
+    "temperature": 0.0,  # greedy: the random judge's replies are the same every run
+    "protocol": "robust",  # its random strings hold raw control characters, which strict JSON refuses
 }
 
 
