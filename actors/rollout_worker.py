@@ -42,7 +42,8 @@ class RolloutWorker(Heartbeating):
         self.run_seed, self.hold_s, self.version_timeout_s = run_seed, hold_s, version_timeout_s
         self.version = 0  # version of the weights groups are sampled with
         self._staging = {n: torch.empty_like(p) for n, p in self.params.items()}  # the newest received weights
-        self._staged_version = 0  # version held in _staging (not newer than `version` until a publish arrives)
+        self._staged_version = 0  # version held in _staging
+        self._staged_unused = False  # _staging holds weights received after the ones in use
         self._staged = threading.Condition()  # guards _staging and _staged_version
         self._sync: WeightSyncGroup | None = None
 
@@ -75,7 +76,7 @@ class RolloutWorker(Heartbeating):
         assert self._sync is not None, "join_weight_sync first"
         with self._staged:
             receive(self._sync, header, into=self._staging)
-            self._staged_version = header.version
+            self._staged_version, self._staged_unused = header.version, True
             self._staged.notify_all()
         return header.version
 
@@ -91,10 +92,10 @@ class RolloutWorker(Heartbeating):
                     f"rollout worker waited {self.version_timeout_s:.0f} s for policy version {min_version}; "
                     f"it holds {max(self.version, self._staged_version)}"
                 )
-            if self._staged_version > self.version:
+            if self._staged_unused:  # the last weights received win, also an older version after a rollback
                 for name, param in self.params.items():
                     param.copy_(self._staging[name])
-                self.version = self._staged_version
+                self.version, self._staged_unused = self._staged_version, False
 
     def trainable_state(self) -> dict[str, torch.Tensor]:
         """A CPU copy of the weights the next group will be sampled with (the newest received)."""

@@ -124,9 +124,10 @@ def step_advantages(scores: list[ScoredGroup], cfg: GRPOConfig) -> list[Tensor]:
     """Advantages of every group of a learner step, from the whole step's scores. -> [G] per group"""
     versions = [s.reward_version for s in scores]
     norm = {"global_std": cfg.global_std, "clip": cfg.adv_clip, "prompts": [s.prompt for s in scores]}
-    if cfg.reward_combine == "advantage":
-        return weighted_advantages([s.components for s in scores], [s.weights for s in scores], versions, **norm)
-    return group_advantages([s.rewards for s in scores], versions, **norm)
+    if cfg.reward_combine == "sum":
+        return group_advantages([s.rewards for s in scores], versions, **norm)
+    mix = weighted_advantages if cfg.reward_combine == "advantage" else gdpo_advantages
+    return mix([s.components for s in scores], [s.weights for s in scores], versions, **norm)
 
 
 def kl_to_reference(*, mean: Tensor, ref_mean: Tensor, std: Tensor) -> Tensor:

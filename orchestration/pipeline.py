@@ -159,6 +159,8 @@ class GroupPipeline:
         watched |= {g.score.hex(): g for g in self.inflight.values() if g.sampled and g.scored is None}
         refs = [g.trajectory if not g.sampled else g.score for g in watched.values()]
         done, _ = ray.wait(refs + list(also), num_returns=1, timeout=timeout_s, fetch_local=False)
+        if done:  # take everything ready now, so the groups of one dead worker cost one recovery
+            done, _ = ray.wait(refs + list(also), num_returns=len(refs) + len(also), timeout=0, fetch_local=False)
         self._tick()
         lost = []
         for ref in done:

@@ -156,7 +156,7 @@ class Trainer:
             "system/recoveries": float(self.recovery.count),
             "policy/version": float(self.version),
         }
-        decided = sum(getattr(s, "position_decided", 0) for s in scored)
+        decided = sum(s.position_decided for s in scored)
         if decided:
             metrics["reward/first_position_win_rate"] = sum(s.first_position_wins for s in scored) / decided
         for name in scored[0].components:
@@ -274,6 +274,7 @@ class Trainer:
         self.control.forget_metrics_from(self.step)
         self.checkpointed_step = self.step if folder is not None else -1
         self.weights.publish()
+        ray.get(self.weights.receiving)  # every worker holds the restored weights before a group is admitted
         log.info(
             "resumed from %s at step %d (policy v%d, reward v%d, %d groups queued again)",
             folder or "the start",

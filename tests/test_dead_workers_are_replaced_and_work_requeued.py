@@ -38,5 +38,7 @@ def test_killed_rollout_and_reward_actors_cost_only_their_work(ray_local, tmp_pa
         assert rows[-1]["system/recoveries"] >= 1
         # after each recovery the restarted rollout worker got the current weights: still exactly on-policy
         assert all(r["loss/ratio_max_dev"] < 1e-5 for r in rows)
-        assert set(control.group_states().values()) == {"trained"}
+        assert {g["state"] for g in control.ledger_states().values()} == {"trained"}
+        audit = control.audit(final_step=8)
+        assert audit.ok and audit.trained == 8, audit
         assert control.run_info()["status"] == "finished"
