@@ -77,7 +77,8 @@ class Command:
 class AuditReport:
     trained: int  # groups with one or more trainings that survive in the final weights
     dropped: dict[str, int] = field(default_factory=dict)  # reason -> groups
-    lost: list[str] = field(default_factory=list)  # neither surviving training nor dropped
+    lost: list[str] = field(default_factory=list)  # neither surviving training nor dropped, in a finished run
+    pending: list[str] = field(default_factory=list)  # admitted, not trained yet, in a run that will resume
     trained_twice: list[str] = field(default_factory=list)  # more than one surviving training
 
     @property
@@ -472,9 +473,11 @@ class ControlPlane:
                 return events
             start = "(" + batch[-1][0]
 
-    def audit(self, final_step: int) -> AuditReport:
+    def audit(self, final_step: int, *, finished: bool = True) -> AuditReport:
         """Replay the transition log (not trusting the state hash) against the weights of `final_step` (the
-        number of steps in them): trainings at steps >= final_step, or undone by a rollback, do not survive."""
+        number of steps in them): trainings at steps >= final_step, or undone by a rollback, do not survive.
+        A group neither trained nor dropped is lost in a finished run, and pending in one that stopped (its
+        resume queues it again)."""
         surviving: dict[str, list[int]] = {}
         for event in self.ledger_log():
             group = event["group"]
@@ -488,7 +491,7 @@ class ControlPlane:
             if record["state"] == "dropped":
                 report.dropped[record["reason"]] = report.dropped.get(record["reason"], 0) + 1
             elif not kept:
-                report.lost.append(group)
+                (report.lost if finished else report.pending).append(group)
             report.trained += bool(kept)
             if len(kept) > 1:
                 report.trained_twice.append(group)

@@ -180,13 +180,16 @@ def _audit_stored(run_dir: Path, live: ControlPlane) -> int:
 
 
 def _print_audit(control: ControlPlane) -> int:
-    final_step = int(control.run_info().get("step", 0))
-    report = control.audit(final_step)
+    info = control.run_info()
+    final_step, status = int(info.get("step", 0)), info.get("status", "?")
+    report = control.audit(final_step, finished=status == "finished")
     dropped = ", ".join(f"{reason}: {n}" for reason, n in sorted(report.dropped.items()))
-    print(f"run {control.run}: {final_step} steps in the final weights")
+    print(f"run {control.run} ({status}): {final_step} steps in the final weights")
     print(f"groups trained:       {report.trained}")
     print(f"groups dropped:       {sum(report.dropped.values())}" + (f" ({dropped})" if dropped else ""))
     print(f"groups lost:          {len(report.lost)}" + _some(report.lost))
+    if report.pending:
+        print(f"groups pending:       {len(report.pending)} (queued again on resume)" + _some(report.pending))
     print(f"groups trained twice: {len(report.trained_twice)}" + _some(report.trained_twice))
     print("audit passed" if report.ok else "audit FAILED: groups lost or trained twice")
     return 0 if report.ok else 1

@@ -117,7 +117,11 @@ def test_audit_of_a_live_run_and_of_a_finished_one(live_run, capsys):
     out = capsys.readouterr().out
     assert "groups trained:       2" in out and "groups dropped:       1 (run_end: 1)" in out
     assert "audit passed" in out
-    control.ledger_queue(["g4"])  # a group the job never finished
+    control.ledger_queue(["g4"])  # a group admitted, not yet trained
+    control.update_run(status="stopped")
+    assert main(["audit", str(run_dir)]) == 0  # a stopped run queues it again when it resumes
+    assert "groups pending:       1 (queued again on resume) (g4)" in capsys.readouterr().out
+    control.update_run(status="finished")  # ... but in a finished run it is lost
     server.stop()  # the job ended: its Redis is gone
     files_before = sorted((p.name, p.stat().st_mtime_ns) for p in (run_dir / "redis").iterdir())
     assert main(["audit", str(run_dir)]) == 1

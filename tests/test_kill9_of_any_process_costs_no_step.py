@@ -127,8 +127,7 @@ def test_rollout_worker_killed_five_times_within_a_restart_window(tmp_path):
     control.wait_for_outcome(control.send_command("stop"), timeout_s=120)
     assert job.wait() == 0, job.tail()
     audit = subprocess.run([FLEXGRPO, "audit", str(job.run_dir)], capture_output=True, text=True, timeout=120)
-    assert re.search(r"groups lost:\s+0\n", audit.stdout) and re.search(r"trained twice:\s+0\n", audit.stdout)
-    return rows
+    assert audit.returncode == 0 and "(stopped)" in audit.stdout and "audit passed" in audit.stdout, audit.stdout
 
 
 @pytest.mark.parametrize("how", ["kill9", "sigterm"])
