@@ -9,7 +9,6 @@ Keys of run R (all JSON or plain strings, never pickle; bulk data never goes her
   flexgrpo:run:R:groups              hash: group id -> JSON {state, worker, policy_version, reward_version, step,
                                      reason}: the ledger, the source of truth for exactly-once training
   flexgrpo:run:R:ledger_log          stream: every ledger transition (JSON in field "e"), append-only
-  flexgrpo:run:R:ledger              hash: group id -> state (the old driver's ledger, `mark_groups`)
   flexgrpo:run:R:commands            list of operator commands (JSON {id, op, args}), consumed in order
   flexgrpo:run:R:command_outcomes    hash: command id -> JSON {id, status, reason, time}
   flexgrpo:run:R:rejected_commands   list, newest first, at most REJECTED_KEPT: JSON {id, raw, reason, time}
@@ -41,7 +40,6 @@ log = logging.getLogger("flexgrpo.control_plane")
 
 COMMAND_OPS = ("checkpoint", "pause", "resume", "stop", "swap_reward")
 COMMAND_OUTCOMES = ("done", "rejected", "failed")
-GROUP_STATES = ("sampled", "scored", "trained")  # the old ledger of `mark_groups`
 LEDGER_STATES = ("queued", "sampled", "scored", "trained", "dropped")
 LIVE_STATUSES = ("starting", "running", "paused")  # statuses that need a live lease to be true
 REJECTED_KEPT = 20
@@ -393,10 +391,6 @@ class ControlPlane:
 
     # ---- workers --------------------------------------------------------------------------------------
 
-    def heartbeat(self, *workers: str) -> None:
-        """Record that these workers answered just now (the old driver beats for them; see `Heartbeat`)."""
-        self.redis.hset(f"{self._key}:heartbeats", mapping=dict.fromkeys(workers, json.dumps({"time": time.time()})))
-
     def heartbeats(self) -> dict[str, dict[str, Any]]:
         """Each worker's last beat: {"pid", "host", "age_s"} (pid and host None for beats the driver wrote)."""
         now, beats = time.time(), {}
@@ -404,22 +398,6 @@ class ControlPlane:
             beat = _parse_beat(value)
             beats[worker] = {"pid": beat.get("pid"), "host": beat.get("host"), "age_s": round(now - beat["time"], 1)}
         return beats
-
-    def heartbeat_ages(self) -> dict[str, float]:
-        """Seconds since each worker's last heartbeat."""
-        now, beats = time.time(), self.redis.hgetall(f"{self._key}:heartbeats")
-        return {w: now - _parse_beat(v)["time"] for w, v in sorted(beats.items())}
-
-    # ---- the old driver's ledger (to be replaced by the ledger below) ---------------------------------
-
-    def mark_groups(self, group_ids: list[str], state: str) -> None:
-        if state not in GROUP_STATES:
-            raise ValueError(f"group state must be one of {list(GROUP_STATES)}, got {state!r}")
-        if group_ids:
-            self.redis.hset(f"{self._key}:ledger", mapping=dict.fromkeys(group_ids, state))
-
-    def group_states(self) -> dict[str, str]:
-        return self.redis.hgetall(f"{self._key}:ledger")
 
     # ---- the ledger: every group's life, the source of truth for exactly-once training ------------------
 

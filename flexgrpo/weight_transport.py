@@ -200,24 +200,3 @@ def _dtype_name(dtype: torch.dtype) -> str:
 
 
 # ---- the unbucketed path of the old rollout worker (one flat buffer); removed once nothing calls it ----
-
-
-def pack(params: dict[str, torch.Tensor], version: int) -> tuple[WeightUpdate, torch.Tensor]:
-    """Named tensors of one dtype -> (header, one flat buffer in the order of the header)."""
-    header = describe(params, version, bucket_mb=2.0**40)
-    return header, torch.cat([params[n].detach().reshape(-1) for n in header.names])
-
-
-def empty_buffer(header: WeightUpdate, device: torch.device) -> torch.Tensor:
-    return torch.empty(header.numel, dtype=getattr(torch, header.dtype), device=device)
-
-
-@torch.no_grad()
-def unpack_into(params: dict[str, torch.Tensor], header: WeightUpdate, flat: torch.Tensor) -> None:
-    """Copy a received flat buffer into the named tensors, checking that both sides agree on the layout."""
-    check_binds(header, params)
-    offset = 0
-    for name, shape in zip(header.names, header.shapes, strict=True):
-        n = int(torch.Size(shape).numel())
-        params[name].copy_(flat[offset : offset + n].view(shape))
-        offset += n

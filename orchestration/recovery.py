@@ -69,6 +69,13 @@ class Recovery:
                 return True
         return False
 
+    def broadcast_failed(self, err: Exception) -> None:
+        """A weight broadcast failed: a dead learner rank is the learner's recovery (raised to `run_step`); else
+        a rollout worker died (maybe while idle, with no group in flight to notice it)."""
+        if self._learner_died():
+            raise err
+        self.replace_workers()
+
     def replace_workers(self) -> None:
         """After Ray restarted a dead rollout or reward actor: wait for the pools, restore the reward spec, rebuild
         the weight-sync group (it lost a member) and resend the current weights."""

@@ -42,8 +42,8 @@ class Trainer:
         self.eval_prompts = load_prompts(PromptsConfig(file=cfg.eval.prompts_file))[: cfg.eval.num_prompts]
         self.step = 0  # the next learner step
         self.version = 0  # the learner's policy version (the learner owns it; this mirrors its last answer)
-        self.weights = WeightBroadcast(roles)
         self.recovery = Recovery(self)
+        self.weights = WeightBroadcast(roles, on_failure=self.recovery.broadcast_failed)
         self.pipeline = self._new_pipeline(next_index=0, requeued=[])  # replaced by `restore`
         self.operator = Operator(
             cfg, control, lambda: self.roles.reward.actors, self.checkpoint, RewardSpecs({0: list(cfg.rewards)})

@@ -3,29 +3,44 @@ rollout worker receives in its weights thread and switches between groups."""
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
+
 import ray
 
 from flexgrpo.records import WeightUpdate
 from orchestration.roles import Roles
 
+log = logging.getLogger("flexgrpo")
+
 
 class WeightBroadcast:
-    def __init__(self, roles: Roles) -> None:
-        self.roles = roles
+    def __init__(self, roles: Roles, on_failure: Callable[[Exception], None]) -> None:
+        """on_failure: called when a broadcast failed (a worker or a learner rank died); it recovers the roles
+        and publishes again, or raises."""
+        self.roles, self.on_failure = roles, on_failure
         self.receiving: list[ray.ObjectRef] = []  # receive calls not yet known to have finished
+        self.header: WeightUpdate | None = None  # the last version published
 
     def publish(self) -> WeightUpdate:
         """Publish the learner's current version to every rollout worker; returns once the learner has taken its
-        snapshot (every rank takes part: ZeRO-3 gathers collectively). Raises what an earlier receive raised."""
+        snapshot (every rank takes part: ZeRO-3 gathers collectively). An earlier broadcast that failed is
+        recovered from first (`on_failure`), which publishes again."""
         from actors.rollout_worker import WEIGHTS_THREAD
 
-        self.check()
-        header = ray.get([a.publish_weights.remote() for a in self.roles.learner.actors])[0]
+        try:
+            self.check()
+            self.header = ray.get([a.publish_weights.remote() for a in self.roles.learner.actors])[0]
+        except (ray.exceptions.RayActorError, ray.exceptions.RayTaskError) as err:
+            log.warning("a weight broadcast failed: %s", str(err).splitlines()[0])
+            self.receiving = []
+            self.on_failure(err)
+            return self.header
         self.receiving += [
-            w.receive_weights.options(concurrency_group=WEIGHTS_THREAD).remote(header)
+            w.receive_weights.options(concurrency_group=WEIGHTS_THREAD).remote(self.header)
             for w in self.roles.rollout.actors
         ]
-        return header
+        return self.header
 
     def check(self) -> None:
         """Forget the receives that finished; re-raise the first that failed (a dead worker)."""

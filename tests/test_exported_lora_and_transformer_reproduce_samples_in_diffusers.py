@@ -31,7 +31,7 @@ def trained_learner(*overrides: str) -> GRPOLearner:
     group, _ = sample_group(learner.policy, prompt, cfg.sampler, run_seed=0, policy_version=0)
     rewards = torch.tensor([1.0, -1.0, 0.5, -0.5])
     score = ScoredGroup("s0-g0", PROMPT, 0, 0, rewards, {"jpeg_compressibility": rewards})
-    learner.train_step([group], [score])
+    learner.train_step([score], group)
     return learner
 
 

@@ -83,7 +83,7 @@ def test_zero3_full_finetune_workers_equal_learner_after_each_publish(ray_local,
             assert all(torch.equal(w.params[n], states[-1][n]) for n in states[-1])
         rewards = torch.tensor([1.0, -1.0])
         scores = [ScoredGroup(g.group_id, g.prompt, g.policy_version, 0, rewards, {"r": rewards}) for g in groups]
-        trained = ray.get([a.train_step.remote([groups[r]], scores) for r, a in enumerate(learners)])
+        trained = ray.get([a.train_step.remote(scores, groups[r]) for r, a in enumerate(learners)])
         if step == 1:
             assert trained[0].metrics["loss/kl"] > 0  # the frozen reference and the policy now differ
         header, other = ray.get([a.publish_weights.remote() for a in learners])
