@@ -1,0 +1,75 @@
+"""A `flexgrpo train` job as a real process tree, for fault injection (tests and the recovery benchmark)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+
+from flexgrpo.control_plane import ControlPlane
+
+FLEXGRPO = str(Path(sys.executable).with_name("flexgrpo"))
+
+
+class Job:
+    """One `flexgrpo train` process tree on a run directory, and the run's control plane."""
+
+    def __init__(self, out: Path, name: str, steps: int, *overrides: str) -> None:
+        self.run_dir, self.log = out / name, out / f"{name}.log"
+        self.args = [
+            FLEXGRPO,
+            "train",
+            f"run.output_dir={out}",
+            f"run.name={name}",
+            f"run.num_steps={steps}",
+            "run.checkpoint_every=3",
+            "grpo.groups_per_step=1",
+            "grpo.group_size=4",
+            *overrides,
+        ]
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> Job:
+        env = os.environ | {"RAY_AUTH_MODE": "disabled"}
+        with open(self.log, "ab") as log:
+            self.process = subprocess.Popen(self.args, stdout=log, stderr=subprocess.STDOUT, env=env)
+        return self
+
+    def wait(self, timeout_s: float = 400) -> int:
+        try:
+            return self.process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            raise AssertionError(f"the job did not end in {timeout_s} s; log:\n{self.tail()}") from None
+
+    def tail(self) -> str:
+        return self.log.read_text(errors="replace")[-4000:]
+
+    def control(self) -> ControlPlane:
+        url_file = self.run_dir / "redis_url"
+        deadline = time.monotonic() + 120
+        while not url_file.is_file():
+            assert time.monotonic() < deadline and self.process.poll() is None, self.tail()
+            time.sleep(0.2)
+        return ControlPlane(url_file.read_text().strip(), self.run_dir.name, outage_timeout_s=60)
+
+    def wait_for_step(self, step: int, timeout_s: float = 300) -> ControlPlane:
+        control, deadline = self.control(), time.monotonic() + timeout_s
+        while int(control.run_info().get("step", 0)) < step:
+            assert time.monotonic() < deadline and self.process.poll() is None, self.tail()
+            time.sleep(0.1)
+        return control
+
+    def pid_of(self, worker: str, control: ControlPlane, not_one_of: set[int] = frozenset()) -> int:
+        """The pid in the worker's own heartbeat (a restarted worker: once it beats with its new pid)."""
+        deadline = time.monotonic() + 60
+        while True:
+            beat = control.heartbeats().get(worker)
+            if beat is not None and int(beat["pid"]) not in not_one_of and psutil.pid_exists(int(beat["pid"])):
+                return int(beat["pid"])
+            assert time.monotonic() < deadline and self.process.poll() is None, f"no heartbeat from {worker}"
+            time.sleep(0.2)
