@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from orchestration.driver import train
-from orchestration.reporting import media_grid
+from orchestration.reporting import CAPTION_HEIGHT, media_grid
 from tests.conftest import tiny_config
 
 pytestmark = pytest.mark.slow
@@ -42,6 +42,7 @@ def test_tiny_wan_job_trains_and_logs_videos(ray_local, tmp_path):
     rows = [json.loads(line) for line in (tmp_path / "video" / "metrics.jsonl").read_text().splitlines()]
     assert len(rows) == 2 and all(r["loss/ratio_max_dev"] < 1e-5 for r in rows)
     gif = Image.open(tmp_path / "video" / "samples" / "step_00001.gif")
-    assert gif.n_frames == 5 and gif.size == (3 * 32, 32)
+    assert gif.n_frames == 5 and gif.size == (3 * 32, CAPTION_HEIGHT + 32)  # the prompt above the row
     png = np.asarray(Image.open(tmp_path / "video" / "samples" / "step_00001.png"))
-    assert png.shape == (32, 96, 3)
+    assert png.shape == (CAPTION_HEIGHT + 32, 96, 3)
+    assert (png[:CAPTION_HEIGHT] < 128).any() and (png[:CAPTION_HEIGHT] > 128).any(), "the prompt, dark on white"
