@@ -87,6 +87,7 @@ class PlainProcess:
         self.learner.train_step(scores, *[t for t, _ in groups])
         for name, value in self.learner.trainable_state().items():
             self.rollout.params[name].data.copy_(value)
+        self.rollout.version = self.learner.version
 
     def timed(self, fn, n: int) -> float:
         """Seconds per call of `fn`, after one warm-up call."""

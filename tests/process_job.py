@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -73,3 +74,23 @@ class Job:
                 return int(beat["pid"])
             assert time.monotonic() < deadline and self.process.poll() is None, f"no heartbeat from {worker}"
             time.sleep(0.2)
+
+
+def kill_tree(proc: subprocess.Popen, grace_s: float = 10.0) -> None:
+    """End `proc` and every process it started, by pid (other jobs on this machine run Ray too)."""
+    try:
+        tree = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        tree = []
+    for p in tree:
+        try:
+            p.send_signal(signal.SIGTERM)
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(tree, timeout=grace_s)
+    for p in alive:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(alive, timeout=5)

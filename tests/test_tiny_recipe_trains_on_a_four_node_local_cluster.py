@@ -9,7 +9,6 @@ import json
 import os
 import queue
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -17,8 +16,9 @@ import threading
 import time
 from pathlib import Path
 
-import psutil
 import pytest
+
+from tests.process_job import kill_tree
 
 pytestmark = pytest.mark.slow
 
@@ -45,26 +45,6 @@ for line in sys.stdin:
           flush=True)
 cluster.shutdown()
 """
-
-
-def kill_tree(proc: subprocess.Popen, grace_s: float = 10.0) -> None:
-    """End `proc` and every process it started (by pid: other jobs on this machine run Ray too)."""
-    try:
-        tree = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
-    except psutil.NoSuchProcess:
-        tree = []
-    for p in tree:
-        try:
-            p.send_signal(signal.SIGTERM)
-        except psutil.NoSuchProcess:
-            pass
-    _, alive = psutil.wait_procs(tree, timeout=grace_s)
-    for p in alive:
-        try:
-            p.kill()
-        except psutil.NoSuchProcess:
-            pass
-    psutil.wait_procs(alive, timeout=5)
 
 
 def reader(proc: subprocess.Popen) -> queue.Queue:
