@@ -120,6 +120,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--hold", type=float, default=1.0, help="seconds of hold per group in the held stage")
     parser.add_argument("--steps", type=int, default=10, help="learner steps per job (2 warm-up steps excluded)")
+    parser.add_argument("--stages", nargs="*", default=["sampling", "scoring", "training"], help="bottlenecks to run")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     ray.init(num_cpus=2, num_gpus=3, include_dashboard=False, log_to_driver=False)
@@ -130,7 +131,7 @@ def main() -> None:
         "training": [f"holds.learner_s={args.hold * GROUPS_PER_STEP}"],
     }
     rows = []
-    for stage, hold in holds.items():
+    for stage, hold in ((k, v) for k, v in holds.items() if k in args.stages):
         sync, _ = system_groups_per_s(tiny(out, f"{stage}-sync", args.steps, *hold))
         stream, _ = system_groups_per_s(tiny(out, f"{stage}-async", args.steps, "grpo.max_staleness=2", *hold))
         alone = stage_groups_per_s(PlainProcess(tiny(out, f"{stage}-alone", 1, *hold)), stage)

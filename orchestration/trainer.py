@@ -51,6 +51,7 @@ class Trainer:
         self.timings: dict[str, float] = {}
         self.learner_busy_s, self._report_start = 0.0, time.monotonic()
         self.checkpointed_step = -1  # next step of the newest checkpoint written by this trainer
+        self._status_written = -float("inf")  # when status.json was last written
 
     def _new_pipeline(self, *, next_index: int, requeued: list[int]) -> GroupPipeline:
         return GroupPipeline(
@@ -174,7 +175,9 @@ class Trainer:
         step = self.step
         self.logger.log(step, metrics)
         self.control.publish_metrics(step, metrics)
-        write_status_file(self.run_dir, self.control.status())
+        if time.monotonic() - self._status_written > STATUS_FILE_EVERY_S:
+            write_status_file(self.run_dir, self.control.status())
+            self._status_written = time.monotonic()
         pools = {k: round(v, 3) for k, v in metrics.items() if k.split("/")[-1] in POOL_FIGURES}
         self.control.update_run(
             step=step + 1, policy_version=self.version, reward_version=int(metrics["reward/version"]), pools=pools
@@ -289,6 +292,7 @@ class Trainer:
 
 
 POOL_FIGURES = ("groups_per_s", "idle_frac", "queue_depth")
+STATUS_FILE_EVERY_S = 5.0  # status.json (what `flexgrpo status` shows once Redis is gone) at most this often
 
 
 def _mean(values: list[float]) -> float:

@@ -60,6 +60,7 @@ class RewardWorker(Heartbeating):
 
     def __init__(self, specs: list[RewardSpec], version: int = 0, *, hold_s: float = 0.0) -> None:
         self.hold_s = hold_s  # benchmarks and tests: a sleep per scoring call, standing in for a GPU-bound judge
+        self._hold = threading.Lock()  # ... that scores one call at a time
         self._current: _Loaded | None = None
         self._swap_lock = threading.Lock()  # held only to exchange the current spec
         self.swap(specs, version)
@@ -117,7 +118,8 @@ class RewardWorker(Heartbeating):
         finally:
             loaded.leave()
         if self.hold_s:
-            time.sleep(self.hold_s)
+            with self._hold:
+                time.sleep(self.hold_s)
         return [
             _scored(group, loaded, [outputs[g] for outputs in per_model]) for g, group in enumerate(groups)
         ]
