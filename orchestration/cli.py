@@ -223,7 +223,7 @@ def _train(argv: list[str]) -> int:
             summary = train(cfg)
     except (RunOwnedError, ControlPlaneUnavailable) as err:
         raise CliError(str(err), 1) from None
-    print(f"run directory: {summary.run_dir}")
+    print(f"run directory: {summary.run_dir} ({summary.status})")
     means, k = summary.reward_means, max(1, len(summary.reward_means) // 5)
     if means:
         print(f"mean reward, first {k} steps: {sum(means[:k]) / k:.4f}")

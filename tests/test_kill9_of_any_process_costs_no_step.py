@@ -82,3 +82,19 @@ def test_driver_killed_then_the_same_command_finishes_the_run(tmp_path, how):
 
     assert job.start().wait() == 0, job.tail()  # the same command again: resumes from the checkpoint
     assert_every_step_once_and_audit_clean(job)
+
+
+def test_a_second_job_on_the_same_run_directory_refuses_and_touches_nothing(tmp_path):
+    first = Job(tmp_path, "owned", STEPS).start()
+    first.wait_for_step(2)
+    files = {p: p.stat().st_mtime_ns for p in first.run_dir.glob("*") if p.is_file() and p.name != "metrics.jsonl"}
+    second = subprocess.run(first.args, capture_output=True, text=True, timeout=120)
+    assert second.returncode != 0
+    message = [line for line in second.stderr.strip().splitlines() if "error" in line.lower()]
+    assert len(message) == 1 and f"pid {first.process.pid}" in message[0], second.stderr
+    assert "Traceback" not in second.stderr
+    assert {p: p.stat().st_mtime_ns for p in files if p.name != "status.json"} == {
+        p: t for p, t in files.items() if p.name != "status.json"
+    }, "the second job wrote into the first one's run directory"
+    assert first.wait() == 0, first.tail()
+    assert_every_step_once_and_audit_clean(first)
