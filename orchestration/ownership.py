@@ -57,7 +57,18 @@ class RunOwnership:
     def start_lease(self, control: ControlPlane, ttl_s: float = 15.0) -> None:
         """Take the run's Redis lease (RunOwnedError if another live owner holds it) and renew it every ttl/3 s
         from a daemon thread until this ownership ends."""
-        control.acquire_lease(self.owner, ttl_s)
+        try:
+            control.acquire_lease(self.owner, ttl_s)
+        except RunOwnedError:
+            held = control.lease()
+            holder = held["owner"] if held else {}
+            if holder.get("host") != self.owner["host"] or _pid_alive(holder.get("pid")):
+                raise
+            # We hold the run directory's lock on the holder's host, and its pid is gone: a driver killed with
+            # kill -9 whose lease has not expired yet. Take over at once instead of waiting out the TTL.
+            log.warning("taking over the lease of pid %s on %s, which is gone", holder.get("pid"), holder["host"])
+            control.release_lease(holder)
+            control.acquire_lease(self.owner, ttl_s)
         stopped = threading.Event()
         thread = threading.Thread(target=self._renew, args=(control, ttl_s, stopped), name="lease", daemon=True)
         thread.start()
@@ -100,3 +111,15 @@ def _read_owner(fd: int) -> dict[str, Any]:
     except ValueError:
         return {}
     return data if isinstance(data, dict) else {}
+
+
+def _pid_alive(pid: object) -> bool:
+    if not isinstance(pid, int):
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
