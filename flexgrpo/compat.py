@@ -13,12 +13,22 @@ import sys
 from pathlib import Path
 
 _library = None  # keeps the schema library alive for the life of the process
+_preparing = False  # a call is in progress
 
 
 def ensure_torchvision_importable() -> None:
-    global _library
-    if _library is not None or "torchvision" in sys.modules:
+    global _preparing
+    if _library is not None or _preparing or "torchvision" in sys.modules:
         return
+    _preparing = True  # finding torchvision's spec runs the child_site import hook, which calls this again
+    try:
+        _declare_ops_unless_compiled()
+    finally:
+        _preparing = False
+
+
+def _declare_ops_unless_compiled() -> None:
+    global _library
     spec = importlib.util.find_spec("torchvision")
     if spec is None or spec.origin is None:
         return

@@ -49,6 +49,11 @@ def init_deepspeed_distributed(rank: int, world_size: int, master_addr: str, mas
     )
     import deepspeed
 
+    if not torch.distributed.is_initialized():
+        # Another library in this process (vLLM's in-process engine) may have torn down a default group that
+        # DeepSpeed cached: start its group registry afresh.
+        groups = importlib.import_module("deepspeed.utils.groups")
+        groups._WORLD_GROUP = groups._DATA_PARALLEL_GROUP = groups._ZERO_PARAM_INTRA_PARALLEL_GROUP = None
     if not torch.cuda.is_available():
         importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None
     deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")

@@ -6,6 +6,7 @@ import json
 import pytest
 import ray
 import torch
+from PIL import Image
 
 from cluster.embedded_redis import EmbeddedRedis
 from flexgrpo.control_plane import ControlPlane
@@ -29,6 +30,9 @@ def test_run_writes_metrics_samples_lora_and_registry(ray_local, tmp_path):
     assert summary.reward_means == [r["reward_mean"] for r in rows]
     assert (run_dir / "samples" / "step_00000.png").is_file() and (run_dir / "samples" / "step_00002.png").is_file()
     assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
+    curve = Image.open(run_dir / "samples" / "reward_curve.png")
+    assert curve.size == (640, 360) and len(set(curve.convert("RGB").getdata())) > 2  # axes, text and lines
+    assert json.loads((run_dir / "status.json").read_text())["status"] == "finished"
 
     # The embedded Redis saved its data in the run directory: a new server on that folder holds the run.
     with EmbeddedRedis(run_dir / "redis") as url:
