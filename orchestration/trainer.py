@@ -63,7 +63,7 @@ class Trainer:
             steps_left=self.cfg.run.num_steps - self.step,
             next_index=next_index,
             requeued=requeued,
-            on_workers_lost=lambda: self.recovery.replace_workers(),
+            on_workers_lost=self.recovery.replace_workers,
         )
 
     @contextmanager
@@ -85,7 +85,7 @@ class Trainer:
                 log.info("stop requested: ending before step %d", self.step)
                 break
             self.recovery.run_step(self.train_one_step)
-            bar.update(1)
+            bar.update(self.step - bar.n)  # (a learner restart goes back to its checkpoint's step)
             every = cfg.run.checkpoint_every
             if self.operator.checkpoint_requested or (
                 every and self.step % every == 0 and self.step < cfg.run.num_steps
