@@ -43,6 +43,7 @@ COMMAND_OUTCOMES = ("done", "rejected", "failed")
 LEDGER_STATES = ("queued", "sampled", "scored", "trained", "dropped")
 LIVE_STATUSES = ("starting", "running", "paused")  # statuses that need a live lease to be true
 REJECTED_KEPT = 20
+JSON_FIELDS = ("pools", "rewards")  # run fields that hold JSON objects (per-pool figures, the reward spec)
 STATUS_FILE = "status.json"
 OUTAGE_ERRORS = (redis.ConnectionError, redis.TimeoutError)  # BusyLoadingError is a ConnectionError
 T = TypeVar("T")
@@ -344,6 +345,9 @@ class ControlPlane:
         """What `flexgrpo status` shows: the registry (without the config) with `status` "lost" when it claims a
         live job but no lease is live, the lease, the workers' heartbeats and the last rejected commands."""
         info: dict[str, Any] = {k: v for k, v in self.run_info().items() if k not in ("config", "lease_owner")}
+        for key in JSON_FIELDS:  # stored as JSON by `update_run`: shown as the objects they are
+            if key in info:
+                info[key] = json.loads(info[key])
         lease = self.lease()
         renewed = info.pop("lease_renewed_at", None)
         if info.get("status") in LIVE_STATUSES and lease is None:
