@@ -264,6 +264,17 @@ def _positive(key: str, value: float, *, allow_zero: bool = False) -> None:
 
 def validate(cfg: Config) -> None:
     """Reject values that cannot run, naming the key. Names of swappable parts are checked by their tables."""
+    _validate_run_and_policy(cfg)
+    _validate_sampler(cfg)
+    _validate_grpo(cfg)
+    _validate_rewards(cfg)
+    _validate_learner(cfg)
+    _validate_logging_and_eval(cfg)
+    _validate_cluster(cfg)
+
+
+def _validate_run_and_policy(cfg: Config) -> None:
+    """run.* and policy.*"""
     _positive("run.num_steps", cfg.run.num_steps)
     _positive("run.checkpoint_every", cfg.run.checkpoint_every, allow_zero=True)
     _positive("run.keep_checkpoints", cfg.run.keep_checkpoints)
@@ -281,6 +292,9 @@ def validate(cfg: Config) -> None:
         if not cfg.policy.lora.target_modules:
             raise ConfigError("policy.lora.target_modules is empty: name the modules that get an adapter")
 
+
+def _validate_sampler(cfg: Config) -> None:
+    """sampler.*"""
     s = cfg.sampler
     _one_of("sampler.kind", s.kind, SAMPLER_KINDS)
     if s.kind == "ode":
@@ -298,6 +312,9 @@ def validate(cfg: Config) -> None:
             f"sampler.window_size must fit in the first half of the {s.num_steps} steps, got {s.window_size}"
         )
 
+
+def _validate_grpo(cfg: Config) -> None:
+    """grpo.*, and what it needs of the policy, learner and learner pool"""
     g = cfg.grpo
     if g.group_size < 2:
         raise ConfigError(f"grpo.group_size must be >= 2 (advantages compare samples of a prompt), got {g.group_size}")
@@ -320,6 +337,10 @@ def validate(cfg: Config) -> None:
             f"({cfg.cluster.learner.num_workers}): each learner rank trains on whole groups"
         )
 
+
+def _validate_rewards(cfg: Config) -> None:
+    """rewards[i].*"""
+    g = cfg.grpo
     if not cfg.rewards:
         raise ConfigError("rewards is empty: name at least one reward model")
     for i, spec in enumerate(cfg.rewards):
@@ -340,6 +361,9 @@ def validate(cfg: Config) -> None:
                 f"got {spec.pairs_per_sample}"
             )
 
+
+def _validate_learner(cfg: Config) -> None:
+    """learner.*"""
     lr = cfg.learner
     _positive("learner.lr", lr.lr)
     _positive("learner.weight_decay", lr.weight_decay, allow_zero=True)
@@ -358,6 +382,10 @@ def validate(cfg: Config) -> None:
     for key in ("offload", "reference"):
         if getattr(lr, key) in (True, "cpu") and lr.zero_stage != 3:
             raise ConfigError(f"learner.{key} offloads to CPU through ZeRO-3: set learner.zero_stage=3")
+
+
+def _validate_logging_and_eval(cfg: Config) -> None:
+    """logging.*, holds.* and eval.*"""
     _positive("logging.sample_grid_every", cfg.logging.sample_grid_every, allow_zero=True)
     _one_of("logging.wandb.mode", cfg.logging.wandb.mode, WANDB_MODES)
     for key in ("rollout_s", "reward_s", "learner_s"):
@@ -366,6 +394,9 @@ def validate(cfg: Config) -> None:
     _positive("eval.num_prompts", cfg.eval.num_prompts)
     _positive("eval.samples_per_prompt", cfg.eval.samples_per_prompt)
 
+
+def _validate_cluster(cfg: Config) -> None:
+    """cluster.*: the pools, and on a local Ray whether they fit"""
     c = cfg.cluster
     _positive("cluster.max_restarts", c.max_restarts, allow_zero=True)
     _positive("cluster.restart_window_s", c.restart_window_s)
