@@ -235,6 +235,12 @@ def config_from_dict(data: dict) -> Config:
     return cfg
 
 
+def with_rewards(cfg: Config, rewards: list[dict]) -> list[RewardSpec]:
+    """Reward specs from plain dicts (a swap command, a checkpoint, a --rewards file), validated as the rewards
+    of `cfg` (pairs_per_sample against its group size, ...). Raises ConfigError naming the key."""
+    return config_from_dict(to_dict(cfg) | {"rewards": rewards}).rewards
+
+
 def to_dict(cfg: Config) -> dict:
     return OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)  # type: ignore[return-value]
 

@@ -110,11 +110,11 @@ def _read_rewards(path: str | None) -> list[dict[str, Any]]:
         raise CliError(f"cannot parse --rewards file {path}: {str(err).splitlines()[0]}", 2) from None
     if not isinstance(rewards, list) or not rewards:
         raise CliError(f"--rewards file {path} must hold a non-empty list of reward specs", 2)
-    from flexgrpo.config import Config, config_from_dict, to_dict
+    from flexgrpo.config import Config, with_rewards
     from reward_workers.registry import check_reward_specs
 
     try:
-        check_reward_specs(config_from_dict(to_dict(Config()) | {"rewards": rewards}).rewards)
+        check_reward_specs(with_rewards(Config(), rewards))
     except ValueError as err:
         raise CliError(f"--rewards file {path}: {err}", 2) from None
     return rewards  # type: ignore[return-value]

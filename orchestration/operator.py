@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 
 import ray
 
-from flexgrpo.config import Config, ConfigError, RewardSpec, config_from_dict, to_dict
+from flexgrpo.config import Config, ConfigError, RewardSpec, with_rewards
 from flexgrpo.control_plane import Command, ControlPlane
 
 log = logging.getLogger("flexgrpo")
@@ -35,7 +35,7 @@ class RewardSpecs:
 
     @classmethod
     def from_json(cls, cfg: Config, data: dict[str, list[dict]]) -> RewardSpecs:
-        return cls({int(v): config_from_dict(to_dict(cfg) | {"rewards": specs}).rewards for v, specs in data.items()})
+        return cls({int(v): with_rewards(cfg, specs) for v, specs in data.items()})
 
 
 @dataclass
@@ -108,17 +108,17 @@ class Operator:
         from reward_workers.registry import check_reward_specs
 
         try:
-            merged = config_from_dict(to_dict(self.cfg) | {"rewards": command.args.get("rewards", [])})
-            check_reward_specs(merged.rewards)
+            rewards = with_rewards(self.cfg, command.args.get("rewards", []))
+            check_reward_specs(rewards)
         except (ConfigError, ValueError) as err:
             log.error("swap_reward rejected: %s", err)
             self.control.record_outcome(command.id, "rejected", str(err))
             return
         version = self.specs.latest + 1
-        self.specs.versions[version] = list(merged.rewards)
-        refs = [a.swap.remote(merged.rewards, version) for a in self.reward_workers()]
+        self.specs.versions[version] = list(rewards)
+        refs = [a.swap.remote(rewards, version) for a in self.reward_workers()]
         self.swaps.append(_Swap(command.id, refs))
-        self.control.update_run(reward_version_requested=version, rewards=[asdict(s) for s in merged.rewards])
+        self.control.update_run(reward_version_requested=version, rewards=[asdict(s) for s in rewards])
 
     def _check_swaps(self) -> None:
         """Acknowledge reward swaps whose workers all finished (a failed one leaves the previous spec in place)."""
