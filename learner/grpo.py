@@ -5,6 +5,8 @@ Pure functions over tensors; shapes in the comments (B = samples in a micro-batc
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
 
@@ -61,18 +63,47 @@ def weighted_advantages(
     components: per group, reward name -> [G] rewards; weights: per group, reward name -> weight (those of the
     reward spec that scored the group).
     """
-    total = [torch.zeros_like(next(iter(c.values()))) for c in components]
+    return _weighted_sum(
+        components,
+        weights,
+        lambda name, scored_by: _advantages_of(
+            components, reward_versions, prompts, name, scored_by, global_std=global_std, clip=clip
+        ),
+    )
+
+
+def _advantages_of(
+    components: list[dict[str, Tensor]],
+    reward_versions: list[int],
+    prompts: list[str] | None,
+    name: str,
+    scored_by: list[int],
+    *,
+    global_std: bool,
+    clip: float,
+) -> list[Tensor]:
+    """`group_advantages` of component `name` over the groups `scored_by`. -> [G] per group of `scored_by`"""
+    return group_advantages(
+        [components[i][name] for i in scored_by],
+        [reward_versions[i] for i in scored_by],
+        global_std=global_std,
+        clip=clip,
+        prompts=None if prompts is None else [prompts[i] for i in scored_by],
+    )
+
+
+def _weighted_sum(
+    components: list[dict[str, Tensor]],
+    weights: list[dict[str, float]],
+    advantages_of: Callable[[str, list[int]], list[Tensor]],
+) -> list[Tensor]:
+    """Per group, the sum over the reward names of its spec of weight * `advantages_of(name, groups scored by
+    that name)`. -> [G] per group"""
+    total = [torch.zeros_like(next(iter(c.values()))) for c in components]  # [G] per group
     for name in sorted({n for w in weights for n in w}):
         scored_by = [i for i, w in enumerate(weights) if name in w]
-        per_reward = group_advantages(
-            [components[i][name] for i in scored_by],
-            [reward_versions[i] for i in scored_by],
-            global_std=global_std,
-            clip=clip,
-            prompts=None if prompts is None else [prompts[i] for i in scored_by],
-        )
-        for i, adv in zip(scored_by, per_reward, strict=True):
-            total[i] = total[i] + weights[i][name] * adv
+        for i, adv in zip(scored_by, advantages_of(name, scored_by), strict=True):
+            total[i] = total[i] + weights[i][name] * adv  # [G]
     return total
 
 
@@ -165,35 +196,27 @@ def gdpo_advantages(
     once more over the step's groups of the same reward version, (A - mean) / (std + 1e-4) with the unbiased std
     (the authors' gather-and-normalise), then clamped to +-clip. A version whose sums are all equal gets zeros.
     """
-    per_prompt = {"global_std": global_std, "clip": float("inf")}
 
-    def normalised(scored_by: list[int], name: str) -> list[Tensor]:
-        return group_advantages(
-            [components[i][name] for i in scored_by],
-            [reward_versions[i] for i in scored_by],
-            prompts=None if prompts is None else [prompts[i] for i in scored_by],
-            **per_prompt,  # type: ignore[arg-type]
+    def normalised(scored_by: list[int], name: str) -> list[Tensor]:  # per prompt, not clipped yet
+        return _advantages_of(
+            components, reward_versions, prompts, name, scored_by, global_std=global_std, clip=float("inf")
         )
 
-    total = [torch.zeros_like(next(iter(c.values()))) for c in components]  # [G] per group
-    for name in sorted({n for w in weights for n in w}):
-        scored_by = [i for i, w in enumerate(weights) if name in w]
+    def reward_advantages(name: str, scored_by: list[int]) -> list[Tensor]:
         parts = (f"{name}/overall", f"{name}/category", f"{name}/category_mask")
-        if all(p in components[i] for p in parts for i in scored_by):
-            overall, category = normalised(scored_by, parts[0]), normalised(scored_by, parts[1])
-            advantages = [
-                torch.where(
-                    components[i][parts[2]] > 0,
-                    GDPO_OVERALL_WEIGHT * a_overall + GDPO_CATEGORY_WEIGHT * a_category,
-                    a_overall,
-                )  # [G]
-                for i, a_overall, a_category in zip(scored_by, overall, category, strict=True)
-            ]
-        else:
-            advantages = normalised(scored_by, name)
-        for i, adv in zip(scored_by, advantages, strict=True):
-            total[i] = total[i] + weights[i][name] * adv  # [G]
+        if not all(p in components[i] for p in parts for i in scored_by):
+            return normalised(scored_by, name)
+        overall, category = normalised(scored_by, parts[0]), normalised(scored_by, parts[1])
+        return [
+            torch.where(
+                components[i][parts[2]] > 0,
+                GDPO_OVERALL_WEIGHT * a_overall + GDPO_CATEGORY_WEIGHT * a_category,
+                a_overall,
+            )  # [G]
+            for i, a_overall, a_category in zip(scored_by, overall, category, strict=True)
+        ]
 
+    total = _weighted_sum(components, weights, reward_advantages)  # [G] per group
     out = []
     for total_i, version in zip(total, reward_versions, strict=True):
         step = torch.cat([t for t, v in zip(total, reward_versions, strict=True) if v == version])  # [n * G]
