@@ -39,6 +39,7 @@ log = logging.getLogger("flexgrpo")
 class Trainer:
     def __init__(self, cfg: Config, roles: Roles, control: ControlPlane, logger: MetricsLogger, run_dir: Path):
         self.cfg, self.roles, self.control, self.logger, self.run_dir = cfg, roles, control, logger, run_dir
+        self.prompts = load_prompts(cfg.prompts)  # the run's prompt stream (every pipeline draws from it)
         self.eval_prompts = load_prompts(PromptsConfig(file=cfg.eval.prompts_file))[: cfg.eval.num_prompts]
         self.step = 0  # the next learner step
         self.version = 0  # the learner's policy version (the learner owns it; this mirrors its last answer)
@@ -57,7 +58,7 @@ class Trainer:
         return GroupPipeline(
             self.roles,
             self.cfg.grpo,
-            load_prompts(self.cfg.prompts),
+            self.prompts,
             seed=self.cfg.run.seed,
             control=self.control,
             steps_left=self.cfg.run.num_steps - self.step,
