@@ -121,13 +121,6 @@ class WeightUpdate:
     def numel(self) -> int:
         return sum(int(torch.Size(s).numel()) for s in self.shapes)
 
-    @property
-    def dtype(self) -> str:
-        """The one dtype of every tensor (the unbucketed path needs one)."""
-        if len(set(self.dtypes)) != 1:
-            raise ValueError(f"weight update v{self.version} mixes dtypes {sorted(set(self.dtypes))}")
-        return self.dtypes[0]
-
     def bucket_ranges(self) -> list[tuple[int, int]]:
         """[(start, end)] index ranges into `names`, one per bucket."""
         return list(zip([0, *self.bucket_ends[:-1]], self.bucket_ends, strict=True))

@@ -142,7 +142,6 @@ class GRPOLearner(Heartbeating):
         self._sender = ThreadPoolExecutor(max_workers=1, thread_name_prefix="weight-sync")  # one: sends in order
         self._sends: list[Future] = []
         self._send_error: Exception | None = None
-        self._header: WeightUpdate | None = None
         self.ema_decay = learner_cfg.ema_decay  # the EMA lives where export reads it: every ZeRO-3 rank, or rank 0
         keeps_ema = self.ema_decay > 0 and (self.zero3 or rank == 0)
         self.ema = [s.detach().float().clone() for s in self._ema_sources()] if keeps_ema else []
@@ -272,10 +271,10 @@ class GRPOLearner(Heartbeating):
                 "call join_weight_sync to rebuild the group"
             )
         assert self._sync is not None, "join_weight_sync first"
-        self._header = describe(snapshot, self.version, self.sync_bucket_mb)
+        header = describe(snapshot, self.version, self.sync_bucket_mb)
         self._sends = [f for f in self._sends if not f.done()]
-        self._sends.append(self._sender.submit(self._send, self._sync, snapshot, self._header))
-        return self._header
+        self._sends.append(self._sender.submit(self._send, self._sync, snapshot, header))
+        return header
 
     def _send(self, group: WeightSyncGroup, snapshot: dict[str, Tensor], header: WeightUpdate) -> None:
         try:
@@ -292,14 +291,6 @@ class GRPOLearner(Heartbeating):
             raise TimeoutError(f"a weight broadcast is still running after {timeout_s:.0f} s")
         self._sends, self._send_error = [], None
         self._sync = WeightSyncGroup(host, port, 0, world_size, self.device, timeout_s=timeout_s)
-
-    def weight_header(self) -> WeightUpdate | None:
-        """The header of the current version (what a late or restarted worker needs resent). It is the latest
-        publish's when that is current; otherwise computed anew (every rank under ZeRO-3; others get None)."""
-        if self._header is None or self._header.version != self.version:
-            snapshot = self._snapshot(self.device)
-            self._header = None if snapshot is None else describe(snapshot, self.version, self.sync_bucket_mb)
-        return self._header
 
     def trainable_state(self) -> dict[str, Tensor]:
         """A CPU copy of the trained parameters, gathered whole under ZeRO-3."""
@@ -344,7 +335,6 @@ class GRPOLearner(Heartbeating):
         if path is None:
             raise FileNotFoundError(f"no learner checkpoint in {folder}")
         self.version = int(client_state["version"])
-        self._header = None
         return self.version
 
     def _snapshot(self, device: torch.device) -> dict[str, Tensor] | None:
