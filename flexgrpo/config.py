@@ -162,6 +162,7 @@ class PromptsConfig:
 @dataclass
 class EvalConfig:
     every: int = 0  # evaluate every N learner steps (0: never); also after the last step when > 0
+    before_training: bool = False  # also evaluate the starting weights (a baseline), logged with step 0
     prompts_file: str | None = None  # held-out prompts, one per line; null uses the built-in tiny list
     num_prompts: int = 4  # held-out prompts per evaluation (the first N of the file)
     samples_per_prompt: int = 2  # ODE samples per prompt, fixed seeds, eval_num_steps steps

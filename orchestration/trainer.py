@@ -53,6 +53,7 @@ class Trainer:
         self.learner_busy_s, self._report_start = 0.0, time.monotonic()
         self.checkpointed_step = -1  # next step of the newest checkpoint written by this trainer
         self._status_written = -float("inf")  # when status.json was last written
+        self.baseline: dict[str, float] = {}  # the evaluation before training, logged with the first step
 
     def _new_pipeline(self, *, next_index: int, requeued: list[int]) -> GroupPipeline:
         return GroupPipeline(
@@ -79,6 +80,8 @@ class Trainer:
         """Train until `run.num_steps` or a stop; -> the final status ("finished" or "stopped")."""
         cfg = self.cfg
         self.control.update_run(status="running")
+        if cfg.eval.before_training and self.step == 0:
+            self.baseline = self.evaluate(prefix="eval_before")
         bar = tqdm(total=cfg.run.num_steps, initial=self.step, desc="grpo", unit="step", dynamic_ncols=True)
         while self.step < cfg.run.num_steps:
             self.operator.poll()
@@ -113,7 +116,8 @@ class Trainer:
         with self.timed("publish"):
             self.weights.publish()
         self.pipeline.admit(self.version)
-        metrics = self.step_metrics(scores) | trained.metrics
+        metrics = self.step_metrics(scores) | trained.metrics | self.baseline
+        self.baseline = {}
         if self.wants_eval(self.step + 1):
             metrics |= self.evaluate()
         metrics |= self.timings | {"timing/step": time.perf_counter() - step_start}
@@ -219,9 +223,9 @@ class Trainer:
         every = self.cfg.eval.every
         return every > 0 and (next_step % every == 0 or next_step == self.cfg.run.num_steps)
 
-    def evaluate(self) -> dict[str, float]:
+    def evaluate(self, prefix: str = "eval") -> dict[str, float]:
         """ODE samples of the held-out prompts (fixed seeds, eval step count) at the current version, scored by
-        the reward pool: `eval/` metrics and a grid of the samples."""
+        the reward pool: `<prefix>/` metrics and a grid of the samples (`samples/<prefix>_<step>.png`)."""
         with self.timed("eval"):
             groups = [
                 PromptGroup(f"eval-{i}", prompt, self.cfg.eval.samples_per_prompt, seed=i)
@@ -232,12 +236,12 @@ class Trainer:
             scored = ray.get([reward[i % len(reward)].score.remote(m) for i, m in enumerate(media_refs)])
         rewards = torch.cat([s.rewards for s in scored])
         metrics = {
-            "eval/reward_mean": rewards.mean().item(),
-            "eval/reward_std": rewards.std().item() if rewards.numel() > 1 else 0.0,
-            "eval/unparsed": float(sum(s.unparsed for s in scored)),
+            f"{prefix}/reward_mean": rewards.mean().item(),
+            f"{prefix}/reward_std": rewards.std().item() if rewards.numel() > 1 else 0.0,
+            f"{prefix}/unparsed": float(sum(s.unparsed for s in scored)),
         }
-        self.logger.log_samples(self.step, [m.media for m in ray.get(media_refs)], self.eval_prompts, name="eval")
-        log.info("eval after step %d: reward %.4f", self.step + 1, metrics["eval/reward_mean"])
+        self.logger.log_samples(self.step, [m.media for m in ray.get(media_refs)], self.eval_prompts, name=prefix)
+        log.info("%s at version %d: reward %.4f", prefix, self.version, metrics[f"{prefix}/reward_mean"])
         return metrics
 
     # ---- checkpoints ------------------------------------------------------------------------------------

@@ -23,8 +23,8 @@ from tests.process_job import kill_tree
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
-STEPS = 8
-JOB_TIMEOUT_S = 240
+STEPS = 60  # the default recipe's 4 groups of 8 per step: long enough for the reward's trend to beat its noise
+JOB_TIMEOUT_S = 600
 
 # The cluster: started in its own process, answers "actors" on stdin with {name: [state, node id]} per actor,
 # shuts down on end of input. One GPU per worker node: every bundle of a pool ({CPU, GPU: 1}) needs a node of its
@@ -97,8 +97,6 @@ def test_tiny_recipe_trains_with_every_pool_on_its_own_node(tmp_path):
                     f"run.num_steps={STEPS}",
                     f"cluster.address={address}",
                     "cluster.learner.num_workers=2",
-                    "grpo.groups_per_step=2",
-                    "grpo.group_size=4",
                 ],
                 cwd=REPO,
                 env=env,
@@ -140,5 +138,9 @@ def test_tiny_recipe_trains_with_every_pool_on_its_own_node(tmp_path):
     assert all(r["reward_mean"] < 0 for r in rows)  # minus the JPEG size in kB
     assert all(r["loss/ratio_max_dev"] < 1e-5 for r in rows), [r["loss/ratio_max_dev"] for r in rows]
     assert rows[-1]["policy/version"] == STEPS
-    # Not asserted: that the reward rises. In runs this short (12-24 steps of 8 samples) the mean reward's trend
-    # is below its noise (measured: first-to-last-third changes of -0.25 to +0.05 depending on seed and lr).
+
+    # and the policy learned: the mean reward of the last third of the steps beats the first third's. Measured
+    # on one node with seeds 0-2: rises of 0.15, 0.29 and 0.20, where a third's mean varies by ~0.02.
+    third = STEPS // 3
+    first, last = (sum(r["reward_mean"] for r in part) / third for part in (rows[:third], rows[-third:]))
+    assert last - first > 0.05, (first, last)

@@ -95,7 +95,7 @@ def test_broadcast_makes_rollout_weights_equal_the_learners_bit_for_bit(ray_loca
         assert t.pipeline.take(1, learner_version=1)[0].scored.policy_version == 1
 
 
-def test_evaluation_runs_on_schedule_with_fixed_seeds(ray_local, tmp_path):
+def test_evaluation_runs_on_schedule_with_fixed_seeds_and_a_baseline(ray_local, tmp_path):
     cfg = tiny_config(
         f"run.output_dir={tmp_path}",
         "run.name=eval",
@@ -103,6 +103,7 @@ def test_evaluation_runs_on_schedule_with_fixed_seeds(ray_local, tmp_path):
         "grpo.groups_per_step=1",
         "grpo.group_size=4",
         "eval.every=1",
+        "eval.before_training=true",
         "eval.num_prompts=2",
         "eval.samples_per_prompt=2",
         "learner.lr=0.05",
@@ -111,5 +112,8 @@ def test_evaluation_runs_on_schedule_with_fixed_seeds(ray_local, tmp_path):
     rows = [json.loads(line) for line in (tmp_path / "eval" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [0, 1]
     assert all("eval/reward_mean" in r and r["timing/eval"] > 0 for r in rows)
-    assert rows[0]["eval/reward_mean"] != rows[1]["eval/reward_mean"]  # same seeds, new weights
+    evals = [rows[0]["eval_before/reward_mean"], rows[0]["eval/reward_mean"], rows[1]["eval/reward_mean"]]
+    assert len(set(evals)) == 3, evals  # versions 0, 1, 2: same seeds, new weights
+    assert "eval_before/reward_mean" not in rows[1]  # the baseline is logged once, with the first step
+    assert (tmp_path / "eval" / "samples" / "eval_before_00000.png").is_file()
     assert (tmp_path / "eval" / "samples" / "eval_00001.png").is_file()
