@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 
 import torch
 
@@ -19,7 +21,7 @@ from actors.rollout import sample_eval_group, sample_group
 from flexgrpo.config import PolicyConfig, SamplerConfig
 from flexgrpo.heartbeat import Heartbeating
 from flexgrpo.records import MediaGroup, PromptGroup, TrajectoryGroup, WeightUpdate
-from flexgrpo.weight_transport import WeightSyncGroup, receive
+from flexgrpo.weight_transport import WeightSyncGroup, bucket_views, check_binds, receive
 
 WEIGHTS_THREAD = "weights"  # the Ray concurrency group that receives weights beside sampling
 
@@ -41,10 +43,12 @@ class RolloutWorker(Heartbeating):
         self.sampler_cfg = sampler_cfg
         self.run_seed, self.hold_s, self.version_timeout_s = run_seed, hold_s, version_timeout_s
         self.version = 0  # version of the weights groups are sampled with
-        self._staging = {n: torch.empty_like(p) for n, p in self.params.items()}  # the newest received weights
+        self._staging: dict[str, torch.Tensor] = {}  # the newest received weights, in the first header's buckets
         self._staged_version = 0  # version held in _staging
         self._staged_unused = False  # _staging holds weights received after the ones in use
-        self._staged = threading.Condition()  # guards _staging and _staged_version
+        self._staged = threading.Condition()  # guards _staging and _staged_version, _ema and _ema_version
+        self._ema: dict[str, torch.Tensor] = {}  # the newest EMA of the weights received, for evaluation only
+        self._ema_version = -1  # version whose EMA _ema holds
         self._sync: WeightSyncGroup | None = None
 
     def ready(self) -> int:
@@ -59,24 +63,34 @@ class RolloutWorker(Heartbeating):
             time.sleep(self.hold_s)  # benchmarks and tests: stands in for a GPU-bound sampler, leaving the CPU free
         return out
 
-    def evaluate(self, group: PromptGroup, min_version: int = 0) -> MediaGroup:
-        """ODE samples of `group`, `eval_num_steps` steps, reproducible by seed, at version >= `min_version`."""
+    def evaluate(self, group: PromptGroup, min_version: int = 0, ema: bool = False) -> MediaGroup:
+        """ODE samples of `group`, `eval_num_steps` steps, reproducible by seed, at version >= `min_version`;
+        ema: with the EMA of the weights received for that version (the sampling weights are left as they are)."""
         self._switch_weights(min_version)
-        return sample_eval_group(
-            self.policy, group, self.sampler_cfg, run_seed=self.run_seed, policy_version=self.version
-        )
+        with self._ema_weights(min_version) if ema else nullcontext():
+            return sample_eval_group(
+                self.policy, group, self.sampler_cfg, run_seed=self.run_seed, policy_version=self.version
+            )
 
     def join_weight_sync(self, host: str, port: int, rank: int, world_size: int) -> None:
         """Join a (new) weight-sync group; call it in the weights thread, after any receive in progress."""
         self._sync = WeightSyncGroup(host, port, rank, world_size, self.device)
 
     def receive_weights(self, header: WeightUpdate) -> int:
-        """Receive `header.version` from the learner into the staging copy; the next group switches to it.
-        Runs in the weights thread, beside a group being sampled. -> the version received"""
+        """Receive `header.version` from the learner into the staging copy; the next group switches to it (an
+        EMA lands in a copy of its own, for evaluation). Runs in the weights thread, beside a group being
+        sampled. -> the version received"""
         assert self._sync is not None, "join_weight_sync first"
         with self._staged:
-            receive(self._sync, header, into=self._staging)
-            self._staged_version, self._staged_unused = header.version, True
+            into = self._ema if header.ema else self._staging
+            if not into:  # views into one flat tensor per bucket: each bucket lands with no copy
+                check_binds(header, self.params)
+                into |= bucket_views(header, self.device)
+            receive(self._sync, header, into=into)
+            if header.ema:
+                self._ema_version = header.version
+            else:
+                self._staged_version, self._staged_unused = header.version, True
             self._staged.notify_all()
         return header.version
 
@@ -84,18 +98,33 @@ class RolloutWorker(Heartbeating):
     def _switch_weights(self, min_version: int) -> None:
         """Between groups: load the newest staged weights, waiting for `min_version` to arrive if need be."""
         with self._staged:
-            arrived = self._staged.wait_for(
-                lambda: max(self.version, self._staged_version) >= min_version, timeout=self.version_timeout_s
-            )
-            if not arrived:
-                raise TimeoutError(
-                    f"rollout worker waited {self.version_timeout_s:.0f} s for policy version {min_version}; "
-                    f"it holds {max(self.version, self._staged_version)}"
-                )
+            self._wait_for(lambda: max(self.version, self._staged_version), min_version, "policy version")
             if self._staged_unused:  # the last weights received win, also an older version after a rollback
                 for name, param in self.params.items():
                     param.copy_(self._staging[name])
                 self.version, self._staged_unused = self._staged_version, False
+
+    @contextmanager
+    def _ema_weights(self, min_version: int) -> Iterator[None]:
+        """The EMA received for `min_version` or later in place of the sampling weights while inside."""
+        with self._staged, torch.no_grad():
+            self._wait_for(lambda: self._ema_version, min_version, "the EMA of version")
+            saved = {n: p.detach().clone() for n, p in self.params.items()}
+            for name, param in self.params.items():
+                param.copy_(self._ema[name])
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for name, param in self.params.items():
+                    param.copy_(saved[name])
+
+    def _wait_for(self, held: Callable[[], int], version: int, what: str) -> None:
+        """Under `_staged`: wait until `held()` >= `version`, at most `version_timeout_s`."""
+        if not self._staged.wait_for(lambda: held() >= version, timeout=self.version_timeout_s):
+            raise TimeoutError(
+                f"rollout worker waited {self.version_timeout_s:.0f} s for {what} {version}; it holds {held()}"
+            )
 
     def trainable_state(self) -> dict[str, torch.Tensor]:
         """A CPU copy of the weights the next group will be sampled with (the newest received)."""

@@ -4,69 +4,96 @@ against a raw broadcast of the same bytes into a preallocated buffer, to 2 recei
     python benchmarks/bench_weight_sync.py                       # CPU, gloo
     python benchmarks/bench_weight_sync.py --device cuda         # NCCL, one GPU per rank (needs 3 GPUs)
 
-Sets: (a) the tiny recipe's LoRA adapter, (b) 15 random fp32 tensors of 3072x3072 (566 MB). Times run from
-the sender's first call until every receiver has its weights (verified) and answered a 1-element barrier; the
-median of `--repeats` runs. Peak extra memory: the largest rise of resident memory (CPU) or of allocated CUDA
-memory during a publish, above the parameters, in units of the bucket size (sender and worst receiver).
+Sets: (a) the tiny recipe's LoRA adapter, (b) 15 random fp32 tensors of 3072x3072 (566 MB). A publish is
+timed from the sender's first step until every receiver has its weights (verified) and answered a 1-element
+barrier; the median of `--repeats` runs. It includes every copy the learner makes per publish: the snapshot of
+the parameters into fresh memory, filled bucket by bucket on the calling thread while a sender thread already
+broadcasts the filled buckets (`BucketsReady`), as `GRPOLearner.publish_weights` does.
+
+- publish: the snapshot is `bucket_views` of the header (the learner's), so `send` packs nothing, and the
+  receivers receive into a `bucket_views` staging copy allocated once (a rollout worker's).
+- plain: the same with one tensor per parameter on both sides, so buckets of several tensors are packed and
+  unpacked through bucket buffers. Its peak extra memory during `send` (of a filled snapshot) and `receive`,
+  in units of the bucket size (sender and worst receiver), shows the bound of two buckets.
+
+The raw broadcast sends one preallocated flat tensor into preallocated flat tensors, with no snapshot. Each
+rank runs `--threads` intra-op threads (default 1, as in a Ray actor with one CPU: Ray sets OMP_NUM_THREADS).
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import socket
 import statistics
-import threading
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+from typing import TypeVar
 
 import torch
 import torch.multiprocessing as mp
+from torch import Tensor
 
-from flexgrpo.weight_transport import WeightSyncGroup, describe, receive, send
+from flexgrpo.records import WeightUpdate
+from flexgrpo.weight_transport import BucketsReady, WeightSyncGroup, bucket_views, describe, receive, send
 
 RECEIVERS = 2
+T = TypeVar("T")
 
 
 class PeakMemory:
-    """Largest rise of this process's resident memory (CPU) or allocated CUDA memory while inside."""
+    """Rise of this process's peak resident memory (CPU; Linux's VmHWM, reset on entry) or of its peak
+    allocated CUDA memory while inside, above the level at entry."""
 
     def __init__(self, device: torch.device) -> None:
         self.device, self.rise = device, 0
 
-    def _now(self) -> int:
-        if self.device.type == "cuda":
-            return torch.cuda.memory_allocated(self.device)
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
     def __enter__(self) -> PeakMemory:
-        self._base, self._done = self._now(), threading.Event()
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
+            self._base = torch.cuda.memory_allocated(self.device)
         else:
-            self._peak = self._base
-            self._thread = threading.Thread(target=self._watch)
-            self._thread.start()
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")  # VmHWM := VmRSS
+            self._base = _status_bytes("VmRSS")
         return self
-
-    def _watch(self) -> None:
-        while not self._done.wait(0.0005):
-            self._peak = max(self._peak, self._now())
 
     def __exit__(self, *exc) -> None:
         if self.device.type == "cuda":
             self.rise = torch.cuda.max_memory_allocated(self.device) - self._base
         else:
-            self._done.set()
-            self._thread.join()
-            self.rise = max(self._peak, self._now()) - self._base
+            self.rise = _status_bytes("VmHWM") - self._base
+
+
+def _status_bytes(key: str) -> int:
+    with open("/proc/self/status") as f:
+        line = next(line for line in f if line.startswith(key + ":"))
+    return int(line.split()[1]) * 1024
 
 
 def device_of(rank: int, kind: str) -> torch.device:
     return torch.device("cuda", rank) if kind == "cuda" else torch.device("cpu")
 
 
-def receiver(rank: int, port: int, kind: str, jobs: mp.Queue, peaks: mp.Queue) -> None:
+def plain(header: WeightUpdate, device: torch.device) -> dict[str, Tensor]:
+    """One tensor per name, shaped as `header` says."""
+    return {
+        n: torch.empty(s, dtype=getattr(torch, d), device=device)
+        for n, s, d in zip(header.names, header.shapes, header.dtypes, strict=True)
+    }
+
+
+LAYOUTS: dict[str, Callable[[WeightUpdate, torch.device], dict[str, Tensor]]] = {
+    "publish": bucket_views,
+    "plain": plain,
+}
+
+
+def receiver(rank: int, port: int, kind: str, threads: int, jobs: mp.Queue, peaks: mp.Queue) -> None:
+    """Per set: a 'setup' job allocates (and touches) the raw buffer and each layout's staging copy once,
+    as a worker holds its staging copy; then 'raw' and layout jobs receive into them."""
+    torch.set_num_threads(threads)
     device = device_of(rank, kind)
     if kind == "cuda":
         torch.cuda.set_device(device)
@@ -74,21 +101,23 @@ def receiver(rank: int, port: int, kind: str, jobs: mp.Queue, peaks: mp.Queue) -
     done = torch.zeros(1, device=device)
     while (job := jobs.get()) is not None:
         what, header = job
+        if what == "setup":
+            flat = torch.zeros(header.numel, dtype=torch.float32, device=device)
+            staging = {layout: allocate(header, device) for layout, allocate in LAYOUTS.items()}
+            for tensors in staging.values():
+                for t in tensors.values():
+                    t.zero_()  # resident, as a worker's staging copy is after its first update
+            continue
         if what == "raw":
-            flat = torch.empty(header.numel, dtype=torch.float32, device=device)
-            group.broadcast(flat)
+            group.broadcast_async(flat).wait()
         else:
-            into = {
-                n: torch.zeros(s, dtype=getattr(torch, d), device=device)
-                for n, s, d in zip(header.names, header.shapes, header.dtypes, strict=True)
-            }
             with PeakMemory(device) as peak:
-                receive(group, header, into)
+                receive(group, header, staging[what])
             peaks.put(peak.rise)
-        group.broadcast(done)
+        group.broadcast_async(done).wait()
 
 
-def tiny_lora() -> dict[str, torch.Tensor]:
+def tiny_lora() -> dict[str, Tensor]:
     from actors.policies import build_policy
     from actors.policies.base import trainable_parameters
     from flexgrpo.config import load_config
@@ -97,30 +126,64 @@ def tiny_lora() -> dict[str, torch.Tensor]:
     return {n: p.detach() for n, p in trainable_parameters(policy.transformer).items()}
 
 
-def timed(group: WeightSyncGroup, jobs: list[mp.Queue], what: str, header, body) -> float:
-    """Seconds from the sender's first call until every receiver has answered the barrier after its part."""
+def fill(out: dict[str, Tensor], params: dict[str, Tensor], header: WeightUpdate, ready: BucketsReady) -> None:
+    """The learner's snapshot: copy `params` into `out` bucket by bucket, telling `ready` as each is filled."""
+    for b, (start, end) in enumerate(header.bucket_ranges()):
+        for name in header.names[start:end]:
+            out[name].copy_(params[name])
+        ready.set(b + 1)
+
+
+def publish(group: WeightSyncGroup, params: dict[str, Tensor], bucket_mb: float, layout: str, sender) -> None:
+    """What the learner does per publish: describe; allocate the snapshot in `layout`; send it from the sender
+    thread while this thread fills it."""
+    header = describe(params, 0, bucket_mb)
+    snapshot, ready = LAYOUTS[layout](header, group.device), BucketsReady()
+    sending = sender.submit(send, group, snapshot, header, ready)
+    fill(snapshot, params, header, ready)
+    sending.result()
+
+
+def plain_send_peak(group: WeightSyncGroup, params: dict[str, Tensor], header: WeightUpdate) -> int:
+    """The rise of peak memory while `send` broadcasts a filled snapshot of plain tensors."""
+    snapshot = plain(header, group.device)
+    fill(snapshot, params, header, BucketsReady())
+    with PeakMemory(group.device) as peak:
+        send(group, snapshot, header)
+    return peak.rise
+
+
+def timed(group: WeightSyncGroup, jobs: list[mp.Queue], what: str, header: WeightUpdate, body: Callable[[], T]):
+    """-> (seconds from the sender's first call until every receiver has answered the barrier after its part,
+    what `body` returned)"""
     for q in jobs:
         q.put((what, header))
     start = time.perf_counter()
-    body()
-    group.broadcast(torch.zeros(1, device=group.device))
-    return time.perf_counter() - start
+    out = body()
+    group.broadcast_async(torch.zeros(1, device=group.device)).wait()
+    return time.perf_counter() - start, out
 
 
-def measure(group, jobs, peaks, params: dict[str, torch.Tensor], bucket_mb: float, repeats: int):
-    """-> (median raw s, median publish s, sender peak bytes, worst receiver peak bytes)"""
+def measure(group, jobs, peaks, params: dict[str, Tensor], bucket_mb: float, repeats: int) -> dict[str, float]:
+    """-> median seconds of 'raw' and of each layout; 'send peak' and worst 'recv peak' bytes of 'plain'"""
     flat = torch.cat([t.reshape(-1) for t in params.values()])
     header = describe(params, 0, bucket_mb)
-    raw, pub, send_peak, recv_peak = [], [], 0, 0
-    for _ in range(repeats):
-        raw.append(timed(group, jobs, "raw", header, lambda: group.broadcast(flat)))
-        with PeakMemory(group.device) as peak:
-            pub.append(
-                timed(group, jobs, "publish", header, lambda: send(group, params, describe(params, 0, bucket_mb)))
-            )
-        send_peak = max(send_peak, peak.rise)
-        recv_peak = max([recv_peak] + [peaks.get() for _ in jobs])
-    return statistics.median(raw), statistics.median(pub), send_peak, recv_peak
+    for q in jobs:
+        q.put(("setup", header))
+    times: dict[str, list[float]] = {"raw": [], **{layout: [] for layout in LAYOUTS}}
+    recv_peaks: list[int] = []
+    with ThreadPoolExecutor(max_workers=1) as sender:
+        for _ in range(repeats):
+            times["raw"].append(timed(group, jobs, "raw", header, lambda: group.broadcast_async(flat).wait())[0])
+            for layout in LAYOUTS:
+                body = partial(publish, group, params, bucket_mb, layout, sender)
+                times[layout].append(timed(group, jobs, layout, header, body)[0])
+                received = [peaks.get() for _ in jobs]
+                if layout == "plain":
+                    recv_peaks += received
+    _, send_peak = timed(group, jobs, "plain", header, partial(plain_send_peak, group, params, header))
+    recv_peaks += [peaks.get() for _ in jobs]
+    return {k: statistics.median(v) for k, v in times.items()} | {"send peak": send_peak, "recv peak": max(recv_peaks)}
 
 
 def main() -> None:
@@ -128,7 +191,9 @@ def main() -> None:
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--buckets-mb", type=float, nargs="+", default=[32.0, 128.0])
+    parser.add_argument("--threads", type=int, default=1, help="intra-op threads per rank")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     if args.device == "cuda" and torch.cuda.device_count() < 1 + RECEIVERS:
         raise SystemExit(f"--device cuda needs {1 + RECEIVERS} GPUs (NCCL: one rank per GPU)")
     with socket.socket() as s:
@@ -136,7 +201,10 @@ def main() -> None:
         port = s.getsockname()[1]
     ctx = mp.get_context("spawn")
     jobs, peaks = [ctx.Queue() for _ in range(RECEIVERS)], ctx.Queue()
-    procs = [ctx.Process(target=receiver, args=(1 + i, port, args.device, jobs[i], peaks)) for i in range(RECEIVERS)]
+    procs = [
+        ctx.Process(target=receiver, args=(1 + i, port, args.device, args.threads, jobs[i], peaks))
+        for i in range(RECEIVERS)
+    ]
     for p in procs:
         p.start()
     device = device_of(0, args.device)
@@ -149,16 +217,17 @@ def main() -> None:
     }
     print(
         f"{'set':<14} {'bucket MiB':>10} {'MB':>8} {'raw s':>8} {'publish s':>10} {'GB/s':>6} {'ratio':>6}"
-        f" {'send peak/bucket':>17} {'recv peak/bucket':>17}"
+        f" {'plain s':>8} {'plain send peak/bucket':>23} {'plain recv peak/bucket':>23}"
     )
     for name, params in sets.items():
         nbytes = sum(t.numel() * t.element_size() for t in params.values())
         for bucket_mb in args.buckets_mb if nbytes > 2**20 else args.buckets_mb[:1]:
-            r, p, send_peak, recv_peak = measure(group, jobs, peaks, params, bucket_mb, args.repeats)
+            m = measure(group, jobs, peaks, params, bucket_mb, args.repeats)
             bucket = bucket_mb * 2**20
             print(
-                f"{name:<14} {bucket_mb:>10g} {nbytes / 1e6:>8.2f} {r:>8.4f} {p:>10.4f} {nbytes / p / 1e9:>6.2f}"
-                f" {r / p:>6.2f} {send_peak / bucket:>17.2f} {recv_peak / bucket:>17.2f}"
+                f"{name:<14} {bucket_mb:>10g} {nbytes / 1e6:>8.2f} {m['raw']:>8.4f} {m['publish']:>10.4f}"
+                f" {nbytes / m['publish'] / 1e9:>6.2f} {m['raw'] / m['publish']:>6.2f} {m['plain']:>8.4f}"
+                f" {m['send peak'] / bucket:>23.2f} {m['recv peak'] / bucket:>23.2f}"
             )
     for q in jobs:
         q.put(None)

@@ -149,7 +149,7 @@ class LearnerConfig:
     offload: bool = False  # ZeRO-3 only: keep parameters and optimizer state in CPU memory (fits larger policies)
     activation_checkpointing: bool = False  # recompute the transformer's block activations in the backward pass
     reference: str = "gpu"  # full fine-tune, kl_beta > 0: frozen copy on the device (gpu), CPU via ZeRO-3 (cpu), none
-    ema_decay: float = 0.0  # EMA of the trained weights, used for export (0: off; e.g. 0.999)
+    ema_decay: float = 0.0  # EMA of the trained weights, used for evaluation and export (0: off; e.g. 0.999)
     sync_bucket_mb: float = 128.0  # weight sync: MiB per broadcast bucket (each side holds at most two)
     sync_snapshot: str = "device"  # rank 0 copies what it sends to its device or to cpu memory (for large policies)
 

@@ -3,7 +3,7 @@
 Driver -> rollout worker: `PromptGroup`. Rollout worker -> learner: `TrajectoryGroup` (what training needs);
 rollout worker -> reward worker: `MediaGroup` (what judging needs), so bulk latents never travel to the reward
 pool. Reward worker -> learner: `ScoredGroup`. Learner -> rollout workers: a `WeightUpdate` header, then the
-flat weights over the weight-sync group.
+weights in buckets over the weight-sync group.
 
 They travel between roles only through Ray's object store; what goes to Redis or HTTP is JSON (see
 `flexgrpo.control_plane`), never pickle. `RECORD_SCHEMA` is bumped whenever a field changes.
@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-RECORD_SCHEMA = 2
+RECORD_SCHEMA = 3
 
 
 @dataclass(frozen=True)
@@ -107,14 +107,15 @@ class TrainedStep:
 @dataclass(frozen=True)
 class WeightUpdate:
     """Header of a weight broadcast (`flexgrpo.weight_transport`): the buckets that follow over the weight-sync
-    group hold `names` in order, each bucket the concatenation of its tensors' elements."""
+    group hold `names` in order, each bucket the concatenation of its tensors' elements; a trailer with the
+    version and each bucket's checksum follows them."""
 
     version: int  # policy version of these weights
     names: list[str]  # [N] trained parameter names, sorted
     shapes: list[list[int]]  # [N] shape of each tensor
     dtypes: list[str]  # [N] torch dtype name of each tensor, e.g. "bfloat16" (a bucket holds one dtype)
     bucket_ends: list[int]  # [B] exclusive end index into `names` of each bucket, increasing, last = N
-    checksum: str  # 16 hex digits over the tensors' bytes in order (`weight_transport.checksum`)
+    ema: bool = False  # the EMA of the weights at `version`: workers keep it apart, for evaluation only
     schema: int = RECORD_SCHEMA
 
     @property

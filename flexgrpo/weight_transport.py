@@ -2,34 +2,38 @@
 
 The group is a torch.distributed ProcessGroup (gloo on CPU, NCCL on GPUs) built on its own TCPStore, so it
 lives beside DeepSpeed's default group. Rank 0 is the learner's first rank; rollout workers are 1..N.
-The header (`WeightUpdate`: version, names, shapes, dtypes, buckets, checksum) travels through Ray; only the
-bucket bytes go over this group:
+The header (`WeightUpdate`: version, names, shapes, dtypes, buckets) travels through Ray. Over this group go
+the buckets, then a trailer: the version and each bucket's checksum, which every receiver verifies.
 
-    header = describe(params, version, bucket_mb)     # rank 0: layout + checksum
+    header = describe(params, version, bucket_mb)     # the layout; reads shapes and dtypes only
     send(group, params, header)                        # rank 0
     receive(group, header, into=worker_params)         # ranks 1..N, concurrently
 
-Each side holds at most two bucket buffers (one on the wire, one being packed or unpacked); a bucket of a
-single tensor goes straight from and into that tensor. Tensors keep their dtype: nothing is cast.
+A bucket whose tensors lie back to back in one storage, in header order (a single contiguous tensor, or the
+views `bucket_views` allocates), goes straight from and into that memory. Any other bucket passes through one
+of two reusable bucket buffers, so a side holds at most two buckets beyond its tensors. Each side checksums a
+bucket while the next one is on the wire. Tensors keep their dtype: nothing is cast.
 """
 
 from __future__ import annotations
 
+import threading
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from datetime import timedelta
 
 import torch
 import torch.distributed as dist
+from torch import Tensor
 
 from flexgrpo.records import WeightUpdate
 
-_MASK = (1 << 64) - 1
-_MIX = 0x9E3779B97F4A7C15  # odd 64-bit constant: position-dependent mixing of the per-tensor sums
+_WORDS = 16  # a checksum sums the bucket's 8-byte words in 16 columns (word index mod 16)
+_ROW_BYTES = 8 * _WORDS
 
 
 class WeightSyncError(RuntimeError):
-    """A weight update that does not fit the receiving model, or whose bytes do not match the header."""
+    """A weight update that does not fit the receiving model, or whose bytes do not match what was sent."""
 
 
 class WeightSyncGroup:
@@ -42,19 +46,15 @@ class WeightSyncGroup:
         else:
             self._group = dist.ProcessGroupGloo(self._store, rank, world_size, timeout)
 
-    def broadcast_async(self, tensor: torch.Tensor) -> dist.Work:
+    def broadcast_async(self, tensor: Tensor) -> dist.Work:
         """Rank 0 sends `tensor`; every other rank receives into it. Returns the pending work."""
         return self._group.broadcast(tensor, 0)
 
-    def broadcast(self, flat: torch.Tensor) -> torch.Tensor:
-        """Blocking `broadcast_async` of one tensor (the unbucketed path)."""
-        self.broadcast_async(flat).wait()
-        return flat
 
-
-def describe(params: Mapping[str, torch.Tensor], version: int, bucket_mb: float) -> WeightUpdate:
+def describe(params: Mapping[str, Tensor], version: int, bucket_mb: float) -> WeightUpdate:
     """The header of sending `params` as `version`: names sorted, consecutive same-dtype tensors grouped
-    into buckets of at most `bucket_mb` MiB (a larger tensor is a bucket of its own), and a checksum."""
+    into buckets of at most `bucket_mb` MiB (a larger tensor is a bucket of its own). Reads only shapes and
+    dtypes, so `params` may be meta tensors."""
     names = sorted(params)
     limit = int(bucket_mb * 2**20)
     bucket_ends: list[int] = []
@@ -74,74 +74,120 @@ def describe(params: Mapping[str, torch.Tensor], version: int, bucket_mb: float)
         shapes=[list(params[n].shape) for n in names],
         dtypes=[_dtype_name(params[n].dtype) for n in names],
         bucket_ends=bucket_ends,
-        checksum=checksum(params, names),
     )
 
 
+def bucket_views(header: WeightUpdate, device: torch.device, pin_memory: bool = False) -> dict[str, Tensor]:
+    """Tensors named and shaped as `header` says, views into one flat tensor per bucket, so that `send` and
+    `receive` move each bucket with no packing copy (e.g. the learner's snapshot, a worker's staging copy)."""
+    views: dict[str, Tensor] = {}
+    for start, end in header.bucket_ranges():
+        shapes = [torch.Size(s) for s in header.shapes[start:end]]
+        flat = torch.empty(
+            sum(s.numel() for s in shapes), dtype=_dtype(header, start), device=device, pin_memory=pin_memory
+        )
+        pieces = flat.split([s.numel() for s in shapes])
+        for name, piece, shape in zip(header.names[start:end], pieces, shapes, strict=True):
+            views[name] = piece.view(shape)
+    return views
+
+
+class BucketsReady:
+    """How far a snapshot has been filled, bucket by bucket in header order, by one thread while `send` streams
+    the filled buckets from another."""
+
+    def __init__(self) -> None:
+        self._count = 0  # buckets filled
+        self._error: BaseException | None = None  # why filling stopped
+        self._changed = threading.Condition()
+
+    def set(self, count: int) -> None:
+        """The first `count` buckets are filled."""
+        with self._changed:
+            self._count = count
+            self._changed.notify_all()
+
+    def fail(self, error: BaseException) -> None:
+        """No more buckets will be filled: `wait` raises."""
+        with self._changed:
+            self._error = error
+            self._changed.notify_all()
+
+    def wait(self, b: int) -> None:
+        """Block until bucket `b` is filled."""
+        with self._changed:
+            self._changed.wait_for(lambda: self._count > b or self._error is not None)
+            if self._count <= b:
+                raise WeightSyncError(f"the snapshot failed before bucket {b} was filled: {self._error!r}")
+
+
 @torch.no_grad()
-def send(group: WeightSyncGroup, params: Mapping[str, torch.Tensor], header: WeightUpdate) -> None:
-    """Rank 0: broadcast `params` bucket by bucket as `header` describes (from `describe(params, ...)`).
-    Blocks until every bucket is on the wire; at most two bucket buffers exist at a time."""
+def send(
+    group: WeightSyncGroup, params: Mapping[str, Tensor], header: WeightUpdate, ready: BucketsReady | None = None
+) -> None:
+    """Rank 0: broadcast `params` bucket by bucket as `header` (from `describe(params, ...)`) lays them out,
+    then the trailer of checksums. With `ready`, each bucket goes as soon as `ready` says it is filled, so the
+    first buckets are on the wire while the caller still fills the rest. Blocks until everything is on the
+    wire; raises `WeightSyncError` when the filling failed (part of the broadcast has gone out)."""
     buffers = _BucketBuffers(header, group.device)
+    trailer = _trailer(header, group.device)
     in_flight: deque[dist.Work] = deque()
     for b, (start, end) in enumerate(header.bucket_ranges()):
         if len(in_flight) == 2:
-            in_flight.popleft().wait()  # frees the buffer this bucket packs into
-        tensors = [params[n].detach() for n in header.names[start:end]]
-        if len(tensors) == 1 and tensors[0].is_contiguous() and tensors[0].device == group.device:
-            wire = tensors[0].reshape(-1)
-        else:
+            in_flight.popleft().wait()  # frees the buffer this bucket may pack into
+        if ready is not None:
+            ready.wait(b)
+        tensors = [params[n] for n in header.names[start:end]]
+        wire = _span(tensors, group.device)
+        if wire is None:
             wire = buffers.get(b, start, end)
-            torch.cat([t.reshape(-1).to(group.device) for t in tensors], out=wire)
+            for piece, t in _pieces(wire, tensors):
+                piece.copy_(t)
         in_flight.append(group.broadcast_async(wire))
+        trailer[1 + b] = checksum(wire)  # while the bucket is on the wire
+    in_flight.append(group.broadcast_async(trailer))
     for work in in_flight:
         work.wait()
 
 
 @torch.no_grad()
-def receive(group: WeightSyncGroup, header: WeightUpdate, into: Mapping[str, torch.Tensor]) -> None:
-    """Ranks 1..N: receive the broadcast that `header` describes and copy it into `into`, bucket by bucket.
+def receive(group: WeightSyncGroup, header: WeightUpdate, into: Mapping[str, Tensor]) -> None:
+    """Ranks 1..N: receive the broadcast that `header` describes into `into`, bucket by bucket.
 
     `into` maps every name of `header.names` to a tensor of the header's shape and dtype on this rank's device
-    (e.g. the worker's trainable parameters, or a staging dict shaped like them); they are overwritten in place.
-    Raises `WeightSyncError` before any byte moves when the names bind to nothing or differ, or a shape or
-    dtype differs; and after the transfer when the received weights do not match `header.checksum`
-    (`into` then holds bytes that must not be used). Every receiver must call it, concurrently with `send`.
+    (e.g. the worker's trainable parameters, or a staging copy from `bucket_views`); they are overwritten in
+    place. Raises `WeightSyncError` before any byte moves when the names bind to nothing or differ, or a shape
+    or dtype differs; and after the transfer when the sender sent another version or a bucket's bytes do not
+    match the sender's checksum (`into` then holds bytes that must not be used). Every receiver must call it,
+    concurrently with `send`.
     """
     check_binds(header, into)
     buffers = _BucketBuffers(header, group.device)
-    pending: deque[tuple[int, int, torch.Tensor, dist.Work]] = deque()
+    got, sent = _trailer(header, group.device), _trailer(header, group.device)
+    pending: deque[tuple[int, list[Tensor], Tensor, bool, dist.Work]] = deque()
 
-    def unpack(start: int, end: int, wire: torch.Tensor, work: dist.Work) -> None:
+    def land(b: int, targets: list[Tensor], wire: Tensor, packed: bool, work: dist.Work) -> None:
         work.wait()
-        offset = 0
-        for name in header.names[start:end]:
-            target = into[name]
-            if target.data_ptr() != wire.data_ptr():
-                n = target.numel()
-                target.copy_(wire[offset : offset + n].view(target.shape))
-                offset += n
+        got[1 + b] = checksum(wire)  # while the next bucket is on the wire
+        if packed:
+            for piece, t in _pieces(wire, targets):
+                t.copy_(piece)
 
     for b, (start, end) in enumerate(header.bucket_ranges()):
-        target = into[header.names[start]]
-        if end - start == 1 and target.is_contiguous() and target.device == group.device:
-            wire = target.view(-1)
-        else:
-            wire = buffers.get(b, start, end)
-        pending.append((start, end, wire, group.broadcast_async(wire)))
+        targets = [into[n] for n in header.names[start:end]]
+        span = _span(targets, group.device)
+        wire = buffers.get(b, start, end) if span is None else span
+        pending.append((b, targets, wire, span is None, group.broadcast_async(wire)))
         if len(pending) == 2:
-            unpack(*pending.popleft())
+            land(*pending.popleft())
+    trailer = group.broadcast_async(sent)
     while pending:
-        unpack(*pending.popleft())
-    got = checksum(into, header.names)
-    if got != header.checksum:
-        raise WeightSyncError(
-            f"weight update v{header.version}: checksum {got} of the received weights != {header.checksum} "
-            "sent; sender and receiver disagree on the bytes (a different version or a broken transfer)"
-        )
+        land(*pending.popleft())
+    trailer.wait()
+    _verify(header, got.tolist(), sent.tolist())
 
 
-def check_binds(header: WeightUpdate, into: Mapping[str, torch.Tensor]) -> None:
+def check_binds(header: WeightUpdate, into: Mapping[str, Tensor]) -> None:
     """Fail loudly unless every header name binds to a tensor of `into` of the same shape and dtype, and back."""
     sent, here = set(header.names), set(into)
     if not sent & here:
@@ -165,17 +211,61 @@ def check_binds(header: WeightUpdate, into: Mapping[str, torch.Tensor]) -> None:
 
 
 @torch.no_grad()
-def checksum(params: Mapping[str, torch.Tensor], names: list[str]) -> str:
-    """A cheap integrity checksum of the bytes of `params[names]` in that order (wrapping 64-bit word sums,
-    mixed by position; ~10 GB/s on a CPU core). Equal bytes give equal checksums on CPU and GPU alike."""
-    total = 0
-    for i, name in enumerate(names):
-        raw = params[name].detach().contiguous().reshape(-1).view(torch.uint8)
-        n = raw.numel() // 8 * 8
-        words = raw[:n].view(torch.int64)
-        s = int(words.sum()) + _MIX * int(words[::3].sum()) + int(raw[n:].sum())
-        total = (total * _MIX + (i + 1) * s) & _MASK
-    return f"{total:016x}"
+def checksum(wire: Tensor) -> Tensor:
+    """[16] int64: the wrapping sums of the 8-byte words of a 1-d contiguous tensor's bytes (zero-padded to
+    whole rows of 16 words), one per column. One pass at memory speed; any changed byte changes a column, and a
+    word moved to another column (index mod 16) changes two. Equal bytes give equal sums on CPU and GPU alike."""
+    raw = wire.view(torch.uint8)
+    if raw.storage_offset() % 8:  # int64 views need 8-byte aligned data
+        raw = raw.clone()
+    body = raw.numel() // _ROW_BYTES * _ROW_BYTES
+    tail = torch.zeros(_ROW_BYTES, dtype=torch.uint8, device=raw.device)
+    tail[: raw.numel() - body] = raw[body:]
+    return raw[:body].view(torch.int64).view(-1, _WORDS).sum(0) + tail.view(torch.int64)
+
+
+def _trailer(header: WeightUpdate, device: torch.device) -> Tensor:
+    """[1 + B, 16] int64, sent after the buckets: row 0 starts with the version, row 1 + b is bucket b's checksum."""
+    trailer = torch.zeros(1 + len(header.bucket_ends), _WORDS, dtype=torch.int64, device=device)
+    trailer[0, 0] = header.version
+    return trailer
+
+
+def _verify(header: WeightUpdate, got: list[list[int]], sent: list[list[int]]) -> None:
+    """Raise unless the received trailer `sent` is the version of `header` with the checksums `got` here."""
+    if sent[0][0] != header.version:
+        raise WeightSyncError(
+            f"weight update v{header.version}: the sender sent v{sent[0][0]} instead; a receive was paired with "
+            "another version's broadcast (a different version: receives must follow publishes in order)"
+        )
+    for b, ((start, end), here, there) in enumerate(zip(header.bucket_ranges(), got[1:], sent[1:], strict=True)):
+        if here != there:
+            raise WeightSyncError(
+                f"weight update v{header.version}: bucket {b} of {len(header.bucket_ends)} ({header.names[start]} "
+                f"to {header.names[end - 1]}) arrived with a different checksum than sent; sender and receiver "
+                "disagree on its bytes (a broken transfer)"
+            )
+
+
+def _span(tensors: list[Tensor], device: torch.device) -> Tensor | None:
+    """The tensors as one 1-d tensor over their own memory when they are contiguous and lie back to back, in
+    this order, in one storage on `device`; else None."""
+    first = tensors[0].detach()
+    storage, end = first.untyped_storage().data_ptr(), first.data_ptr()
+    for t in tensors:
+        same_storage = t.untyped_storage().data_ptr() == storage and t.data_ptr() == end
+        if t.device != device or not t.is_contiguous() or not same_storage:
+            return None
+        end += t.numel() * t.element_size()
+    return first.as_strided((sum(t.numel() for t in tensors),), (1,))
+
+
+def _pieces(wire: Tensor, tensors: list[Tensor]) -> Iterator[tuple[Tensor, Tensor]]:
+    """(the part of `wire` that holds t, shaped as t; t) for each tensor t of a bucket, in order."""
+    offset = 0
+    for t in tensors:
+        yield wire[offset : offset + t.numel()].view(t.shape), t
+        offset += t.numel()
 
 
 class _BucketBuffers:
@@ -183,11 +273,11 @@ class _BucketBuffers:
 
     def __init__(self, header: WeightUpdate, device: torch.device) -> None:
         self.header, self.device = header, device
-        self._raw: list[torch.Tensor | None] = [None, None]
+        self._raw: list[Tensor | None] = [None, None]
 
-    def get(self, b: int, start: int, end: int) -> torch.Tensor:
-        dtype = getattr(torch, self.header.dtypes[start])
-        numel = sum(int(torch.Size(s).numel()) for s in self.header.shapes[start:end])
+    def get(self, b: int, start: int, end: int) -> Tensor:
+        dtype = _dtype(self.header, start)
+        numel = sum(torch.Size(s).numel() for s in self.header.shapes[start:end])
         nbytes = numel * dtype.itemsize
         raw = self._raw[b % 2]
         if raw is None or raw.numel() < nbytes:
@@ -195,8 +285,9 @@ class _BucketBuffers:
         return raw[:nbytes].view(dtype)
 
 
+def _dtype(header: WeightUpdate, index: int) -> torch.dtype:
+    return getattr(torch, header.dtypes[index])
+
+
 def _dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
-
-
-# ---- the unbucketed path of the old rollout worker (one flat buffer); removed once nothing calls it ----

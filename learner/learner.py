@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager, nullcontext
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -26,7 +27,7 @@ from actors.samplers import get_sampler
 from flexgrpo.config import GRPOConfig, LearnerConfig, PolicyConfig, SamplerConfig
 from flexgrpo.heartbeat import Heartbeating
 from flexgrpo.records import PromptEmbedding, ScoredGroup, TrainedStep, TrajectoryGroup, WeightUpdate
-from flexgrpo.weight_transport import WeightSyncGroup, describe, send
+from flexgrpo.weight_transport import BucketsReady, WeightSyncGroup, bucket_views, describe, send
 from learner.grpo import decoupled_policy_loss, kl_to_reference, staleness_histogram, step_advantages
 
 
@@ -257,28 +258,43 @@ class GRPOLearner(Heartbeating):
 
     # ---- weights out ----------------------------------------------------------------------------------
 
-    def publish_weights(self) -> WeightUpdate | None:
-        """Every rank, right after `train_step`: rank 0 snapshots the trained weights (bucket by bucket, gathered
-        under ZeRO-3, a collective), queues their broadcast on its sender thread and returns their header at
-        once; other ranks return None. Broadcasts go out strictly in publish order while training goes on.
-        Raises if the previous broadcast failed: rebuild the group with `join_weight_sync` first."""
-        snapshot = self._snapshot(torch.device("cpu") if self.sync_snapshot == "cpu" else self.device)
-        if snapshot is None:
+    def publish_weights(self, ema: bool = False) -> WeightUpdate | None:
+        """Every rank, right after `train_step`: rank 0 snapshots the trained weights into the buckets of their
+        header (gathered bucket by bucket under ZeRO-3, a collective) while its sender thread already broadcasts
+        the filled buckets, and returns the header once the snapshot is whole; other ranks return None.
+        Broadcasts go out strictly in publish order while training goes on. Raises if the previous broadcast
+        failed: rebuild the group with `join_weight_sync` first. ema: send the EMA of the weights instead (for
+        evaluation; the workers keep it apart from the weights they sample with)."""
+        if ema and not self.ema_decay:
+            raise ValueError("publish_weights(ema=True) needs an EMA: set learner.ema_decay > 0")
+        header = replace(describe(self._meta_params(), self.version, self.sync_bucket_mb), ema=ema)
+        failed, snapshot, ready = self._send_error, None, BucketsReady()
+        if self.rank == 0 and failed is None:
+            assert self._sync is not None, "join_weight_sync first"
+            device = torch.device("cpu") if self.sync_snapshot == "cpu" else self.device
+            snapshot = bucket_views(header, device, pin_memory=device.type == "cpu" and torch.cuda.is_available())
+            self._sends = [f for f in self._sends if not f.done()]
+            self._sends.append(self._sender.submit(self._send, self._sync, snapshot, header, ready))
+        try:
+            with self._ema_swapped() if ema else nullcontext():
+                self._snapshot(header, snapshot, ready)
+        except BaseException as err:
+            ready.fail(err)
+            raise
+        if self.rank != 0:
             return None
-        if self._send_error is not None:
+        if failed is not None:
             raise RuntimeError(
-                f"the weight broadcast before v{self.version} failed ({self._send_error!r}); "
+                f"the weight broadcast before v{self.version} failed ({failed!r}); "
                 "call join_weight_sync to rebuild the group"
             )
-        assert self._sync is not None, "join_weight_sync first"
-        header = describe(snapshot, self.version, self.sync_bucket_mb)
-        self._sends = [f for f in self._sends if not f.done()]
-        self._sends.append(self._sender.submit(self._send, self._sync, snapshot, header))
         return header
 
-    def _send(self, group: WeightSyncGroup, snapshot: dict[str, Tensor], header: WeightUpdate) -> None:
+    def _send(
+        self, group: WeightSyncGroup, snapshot: dict[str, Tensor], header: WeightUpdate, ready: BucketsReady
+    ) -> None:
         try:
-            send(group, snapshot, header)
+            send(group, snapshot, header, ready)
         except Exception as err:  # surfaced by the next publish_weights; join_weight_sync clears it
             self._send_error = err
             raise
@@ -305,7 +321,9 @@ class GRPOLearner(Heartbeating):
             if self.lora:
                 self.save_lora(folder)
                 return Path(folder) if self.rank == 0 else None
-            state = self._snapshot(torch.device("cpu"))
+            whole = self._meta_params()
+            state = {n: torch.empty_like(t, device="cpu") for n, t in whole.items()} if self.rank == 0 else None
+            self._snapshot(describe(whole, self.version, self.sync_bucket_mb), state)
         if state is None:
             return None
         self._save_transformer(Path(folder), state)
@@ -337,31 +355,24 @@ class GRPOLearner(Heartbeating):
         self.version = int(client_state["version"])
         return self.version
 
-    def _snapshot(self, device: torch.device) -> dict[str, Tensor] | None:
-        """Rank 0: a copy of the trained parameters on `device`, taken (and, under ZeRO-3, gathered) one
-        sync bucket at a time; other ranks None. Every rank must call it under ZeRO-3."""
-        pin = device.type == "cpu" and torch.cuda.is_available()
-        out: dict[str, Tensor] = {}
-        for names in self._buckets():
+    def _snapshot(self, header: WeightUpdate, out: dict[str, Tensor] | None, ready: BucketsReady | None = None) -> None:
+        """Copy the trained parameters into `out` (rank 0; None elsewhere), one bucket of `header` at a time,
+        gathered under ZeRO-3 (a collective: every rank must call it); `ready` learns of each filled bucket."""
+        for b, (start, end) in enumerate(header.bucket_ranges()):
+            names = header.names[start:end]
             with self._gathered(names):
-                if self.rank == 0:
+                if out is not None:
                     for n in names:
-                        p = self.params[n].detach()
-                        out[n] = torch.empty(p.shape, dtype=p.dtype, device=device, pin_memory=pin).copy_(p)
-        return out if self.rank == 0 else None
+                        out[n].copy_(self.params[n].detach())
+            if ready is not None:
+                ready.set(b + 1)
 
-    def _buckets(self) -> list[list[str]]:
-        """Names of the trained parameters in groups of at most `sync_bucket_mb` (a larger tensor alone)."""
-        limit, groups, size = self.sync_bucket_mb * 2**20, [[]], 0
-        for name in sorted(self.params):
-            p = self.params[name]
-            nbytes = (p.ds_numel if self.zero3 else p.numel()) * p.element_size()
-            if groups[-1] and size + nbytes > limit:
-                groups.append([])
-                size = 0
-            groups[-1].append(name)
-            size += nbytes
-        return groups
+    def _meta_params(self) -> dict[str, Tensor]:
+        """The trained parameters as meta tensors of their whole shape and dtype (ZeRO-3 partitions them)."""
+        return {
+            n: torch.empty(p.ds_shape if self.zero3 else p.shape, dtype=p.dtype, device="meta")
+            for n, p in self.params.items()
+        }
 
     def _gathered(self, names: list[str] | None = None):
         """Under ZeRO-3, the whole `names` parameters (all trained ones by default) while inside; else nothing."""

@@ -224,21 +224,24 @@ class Trainer:
         return every > 0 and (next_step % every == 0 or next_step == self.cfg.run.num_steps)
 
     def evaluate(self, prefix: str = "eval") -> dict[str, float]:
-        """ODE samples of the held-out prompts (fixed seeds, eval step count) at the current version, scored by
-        the reward pool: `<prefix>/` metrics and a grid of the samples (`samples/<prefix>_<step>.png`)."""
+        """ODE samples of the held-out prompts (fixed seeds, eval step count) at the current version, with the
+        EMA of the weights when `learner.ema_decay` is on, scored by the reward pool: `<prefix>/` metrics and a
+        grid of the samples (`samples/<prefix>_<step>.png`)."""
         with self.timed("eval"):
             groups = [
                 PromptGroup(f"eval-{i}", prompt, self.cfg.eval.samples_per_prompt, seed=i)
                 for i, prompt in enumerate(self.eval_prompts)
             ]
+            ema = self.cfg.learner.ema_decay > 0 and self.weights.publish(ema=True) is not None
             rollout, reward = self.roles.rollout.actors, self.roles.reward.actors
-            media_refs = [rollout[i % len(rollout)].evaluate.remote(g, self.version) for i, g in enumerate(groups)]
+            media_refs = [rollout[i % len(rollout)].evaluate.remote(g, self.version, ema) for i, g in enumerate(groups)]
             scored = ray.get([reward[i % len(reward)].score.remote(m) for i, m in enumerate(media_refs)])
         rewards = torch.cat([s.rewards for s in scored])
         metrics = {
             f"{prefix}/reward_mean": rewards.mean().item(),
             f"{prefix}/reward_std": rewards.std().item() if rewards.numel() > 1 else 0.0,
             f"{prefix}/unparsed": float(sum(s.unparsed for s in scored)),
+            f"{prefix}/ema": float(ema),  # 1: the EMA of the weights was evaluated
         }
         self.logger.log_samples(self.step, [m.media for m in ray.get(media_refs)], self.eval_prompts, name=prefix)
         log.info("%s at version %d: reward %.4f", prefix, self.version, metrics[f"{prefix}/reward_mean"])

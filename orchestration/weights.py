@@ -20,27 +20,27 @@ class WeightBroadcast:
         and publishes again, or raises."""
         self.roles, self.on_failure = roles, on_failure
         self.receiving: list[ray.ObjectRef] = []  # receive calls not yet known to have finished
-        self.header: WeightUpdate | None = None  # the last version published
 
-    def publish(self) -> WeightUpdate:
-        """Publish the learner's current version to every rollout worker; returns once the learner has taken its
-        snapshot (every rank takes part: ZeRO-3 gathers collectively). An earlier broadcast that failed is
-        recovered from first (`on_failure`), which publishes again."""
+    def publish(self, ema: bool = False) -> WeightUpdate | None:
+        """Publish the learner's current version to every rollout worker (ema: the EMA of its weights, which
+        workers keep apart for evaluation); returns once the learner has taken its snapshot (every rank takes
+        part: ZeRO-3 gathers collectively). An earlier broadcast that failed is recovered from first
+        (`on_failure`, which publishes the policy again). -> the header, or None when this broadcast failed."""
         from actors.rollout_worker import WEIGHTS_THREAD
 
         try:
             self.check()
-            self.header = ray.get([a.publish_weights.remote() for a in self.roles.learner.actors])[0]
+            header = ray.get([a.publish_weights.remote(ema) for a in self.roles.learner.actors])[0]
         except (ray.exceptions.RayActorError, ray.exceptions.RayTaskError) as err:
             log.warning("a weight broadcast failed: %s", str(err).splitlines()[0])
             self.receiving = []
             self.on_failure(err)
-            return self.header
+            return None
         self.receiving += [
-            w.receive_weights.options(concurrency_group=WEIGHTS_THREAD).remote(self.header)
+            w.receive_weights.options(concurrency_group=WEIGHTS_THREAD).remote(header)
             for w in self.roles.rollout.actors
         ]
-        return self.header
+        return header
 
     def check(self) -> None:
         """Forget the receives that finished; re-raise the first that failed (a dead worker)."""

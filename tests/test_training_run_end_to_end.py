@@ -96,24 +96,35 @@ def test_broadcast_makes_rollout_weights_equal_the_learners_bit_for_bit(ray_loca
 
 
 def test_evaluation_runs_on_schedule_with_fixed_seeds_and_a_baseline(ray_local, tmp_path):
-    cfg = tiny_config(
-        f"run.output_dir={tmp_path}",
-        "run.name=eval",
-        "run.num_steps=2",
-        "grpo.groups_per_step=1",
-        "grpo.group_size=4",
-        "eval.every=1",
-        "eval.before_training=true",
-        "eval.num_prompts=2",
-        "eval.samples_per_prompt=2",
-        "learner.lr=0.05",
-    )
-    train(cfg)
-    rows = [json.loads(line) for line in (tmp_path / "eval" / "metrics.jsonl").read_text().splitlines()]
+    def run(name: str, ema_decay: float) -> list[dict]:
+        cfg = tiny_config(
+            f"run.output_dir={tmp_path}",
+            f"run.name={name}",
+            "run.num_steps=2",
+            "grpo.groups_per_step=1",
+            "grpo.group_size=4",
+            "eval.every=1",
+            "eval.before_training=true",
+            "eval.num_prompts=2",
+            "eval.samples_per_prompt=2",
+            "learner.lr=0.05",
+            f"learner.ema_decay={ema_decay}",
+        )
+        train(cfg)
+        return [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+
+    rows = run("eval", 0.0)
     assert [r["step"] for r in rows] == [0, 1]
-    assert all("eval/reward_mean" in r and r["timing/eval"] > 0 for r in rows)
+    assert all("eval/reward_mean" in r and r["timing/eval"] > 0 and r["eval/ema"] == 0 for r in rows)
     evals = [rows[0]["eval_before/reward_mean"], rows[0]["eval/reward_mean"], rows[1]["eval/reward_mean"]]
     assert len(set(evals)) == 3, evals  # versions 0, 1, 2: same seeds, new weights
     assert "eval_before/reward_mean" not in rows[1]  # the baseline is logged once, with the first step
     assert (tmp_path / "eval" / "samples" / "eval_before_00000.png").is_file()
     assert (tmp_path / "eval" / "samples" / "eval_00001.png").is_file()
+
+    # with an EMA the same run evaluates the EMA: the same baseline (the EMA starts as the weights), then not
+    # the weights (0.5 w0 + 0.5 w1 after the first step)
+    ema_rows = run("eval-ema", 0.5)
+    assert all(r["eval/ema"] == 1 for r in ema_rows)
+    assert ema_rows[0]["eval_before/reward_mean"] == evals[0]
+    assert ema_rows[0]["eval/reward_mean"] != evals[1]

@@ -1,5 +1,6 @@
 """Bucketed weight sync over real gloo groups (threads, no Ray): round trips exactly in every dtype and bucket
-size, sends only what changed hands, and fails loudly on a checksum mismatch or names that bind to nothing."""
+size, from and into plain tensors or bucket views (those with no packing copy, and while the snapshot is still
+being filled), and fails loudly on another version, a changed byte, or names that bind to nothing."""
 
 from __future__ import annotations
 
@@ -11,7 +12,18 @@ from dataclasses import replace
 import pytest
 import torch
 
-from flexgrpo.weight_transport import WeightSyncError, WeightSyncGroup, describe, receive, send
+from flexgrpo import weight_transport
+from flexgrpo.records import WeightUpdate
+from flexgrpo.weight_transport import (
+    BucketsReady,
+    WeightSyncError,
+    WeightSyncGroup,
+    bucket_views,
+    checksum,
+    describe,
+    receive,
+    send,
+)
 
 CPU = torch.device("cpu")
 
@@ -22,13 +34,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def run_ranks(world: int, body: Callable[[WeightSyncGroup], object]) -> list[object]:
+def run_ranks(
+    world: int, body: Callable[[WeightSyncGroup], object], group: type[WeightSyncGroup] = WeightSyncGroup
+) -> list[object]:
     """Run `body(group)` on `world` threads, one per rank of a fresh gloo group; returns results or errors."""
     port, results = free_port(), [None] * world
 
     def target(rank: int) -> None:
         try:
-            results[rank] = body(WeightSyncGroup("127.0.0.1", port, rank, world, CPU, timeout_s=30))
+            results[rank] = body(group("127.0.0.1", port, rank, world, CPU, timeout_s=30))
         except Exception as err:
             results[rank] = err
 
@@ -52,8 +66,17 @@ def model_params(seed: int) -> dict[str, torch.Tensor]:
     }
 
 
+def snapshot(params: dict[str, torch.Tensor], layout: str, header: WeightUpdate) -> dict[str, torch.Tensor]:
+    """A copy of `params`: one tensor each ("plain") or views into one flat tensor per bucket ("views")."""
+    out = bucket_views(header, CPU) if layout == "views" else {n: torch.empty_like(t) for n, t in params.items()}
+    for name, t in out.items():
+        t.copy_(params[name])
+    return out
+
+
+@pytest.mark.parametrize("sender", ["plain", "views"])
 @pytest.mark.parametrize("bucket_mb", [0.004, 0.02, 64.0])  # one tensor per bucket, a few per bucket, one bucket
-def test_bucketed_round_trip_to_two_receivers_is_exact(bucket_mb):
+def test_bucketed_round_trip_to_two_receivers_is_exact(bucket_mb, sender):
     sent = model_params(0)
     header = describe(sent, version=3, bucket_mb=bucket_mb)
     assert header.bucket_ends[-1] == len(sent) and header.names == sorted(sent)
@@ -66,8 +89,8 @@ def test_bucketed_round_trip_to_two_receivers_is_exact(bucket_mb):
 
     def body(group: WeightSyncGroup):
         if group.rank == 0:
-            return send(group, sent, header)
-        into = {n: torch.zeros_like(t) for n, t in model_params(1).items()}
+            return send(group, snapshot(sent, sender, header), header)
+        into = snapshot(model_params(1), "plain" if group.rank == 1 else "views", header)
         receive(group, header, into)
         return into
 
@@ -78,31 +101,109 @@ def test_bucketed_round_trip_to_two_receivers_is_exact(bucket_mb):
             assert into[name].dtype == t.dtype and torch.equal(into[name], t), name
 
 
-def test_checksum_mismatch_fails_loudly():
+def test_bucket_views_move_every_bucket_without_a_bucket_buffer(monkeypatch):
+    sent = model_params(0)
+    header = describe(sent, version=1, bucket_mb=0.02)
+    assert any(b - a > 1 for a, b in header.bucket_ranges())
+
+    def no_buffer(*args):
+        raise AssertionError("a bucket was packed or unpacked")
+
+    monkeypatch.setattr(weight_transport._BucketBuffers, "get", no_buffer)
+
+    def body(group: WeightSyncGroup):
+        if group.rank == 0:
+            return send(group, snapshot(sent, "views", header), header)
+        into = snapshot(model_params(1), "views", header)
+        receive(group, header, into)
+        return into
+
+    _, received = run_ranks(2, body)
+    assert all(torch.equal(received[n], t) for n, t in sent.items())
+
+
+def test_snapshot_filled_while_the_first_buckets_are_on_the_wire():
+    sent = model_params(0)
+    header = describe(sent, version=2, bucket_mb=0.004)
+    views, ready = bucket_views(header, CPU), BucketsReady()
+
+    def body(group: WeightSyncGroup):
+        if group.rank == 1:
+            into = snapshot(model_params(1), "views", header)
+            receive(group, header, into)
+            return into
+        sending = threading.Thread(target=send, args=(group, views, header, ready))
+        sending.start()
+        for b, (start, end) in enumerate(header.bucket_ranges()):
+            for name in header.names[start:end]:
+                views[name].copy_(sent[name])
+            ready.set(b + 1)
+        sending.join()
+
+    _, received = run_ranks(2, body)
+    assert all(torch.equal(received[n], t) for n, t in sent.items())
+    failed = BucketsReady()
+    failed.set(1)
+    failed.fail(RuntimeError("gather failed"))
+    failed.wait(0)
+    with pytest.raises(WeightSyncError, match="bucket 1 was filled.*gather failed"):
+        failed.wait(1)
+
+
+def test_receiving_another_version_fails_loudly():
     sent = model_params(0)
     header = describe(sent, version=5, bucket_mb=0.01)
-    stale = replace(header, checksum=describe(model_params(2), version=5, bucket_mb=0.01).checksum)
 
     def body(group: WeightSyncGroup):
         if group.rank == 0:
             return send(group, sent, header)
-        return receive(group, stale, {n: torch.zeros_like(t) for n, t in sent.items()})
+        return receive(group, replace(header, version=4), {n: torch.zeros_like(t) for n, t in sent.items()})
 
     _, err = run_ranks(2, body)
-    assert isinstance(err, WeightSyncError) and "checksum" in str(err) and "v5" in str(err)
+    assert isinstance(err, WeightSyncError) and "v4" in str(err) and "sent v5" in str(err)
 
 
-def test_checksum_sees_every_tensor_and_its_position():
-    params = model_params(0)
-    base = describe(params, 0, 1.0).checksum
-    for name in params:
-        changed = dict(params)
-        flat = params[name].clone().reshape(-1)
-        flat[-1] = flat[-1] + 1
-        changed[name] = flat.view(params[name].shape)
-        assert describe(changed, 0, 1.0).checksum != base, name
-    swapped = dict(params, **{"blocks.0.attn.to_q.bias": params["blocks.0.attn.to_q.bias"].flip(0)})
-    assert describe(swapped, 0, 1.0).checksum != base
+class FlipsAByteOfBfloat16Buckets(WeightSyncGroup):
+    """Rank 0 puts a copy of each bfloat16 bucket on the wire with its last byte changed (a broken transfer)."""
+
+    def broadcast_async(self, tensor: torch.Tensor):
+        if self.rank == 0 and tensor.dtype == torch.bfloat16:
+            tensor = tensor.clone()
+            tensor.view(torch.uint8)[-1] ^= 1
+        return super().broadcast_async(tensor)
+
+
+def test_a_changed_byte_on_the_wire_fails_loudly_naming_its_bucket():
+    sent = model_params(0)
+    header = describe(sent, version=5, bucket_mb=0.01)
+    first_bf16 = header.dtypes.index("bfloat16")
+    bucket = next(b for b, end in enumerate(header.bucket_ends) if end > first_bf16)
+
+    def body(group: WeightSyncGroup):
+        if group.rank == 0:
+            return send(group, sent, header)
+        return receive(group, header, {n: torch.zeros_like(t) for n, t in sent.items()})
+
+    _, err = run_ranks(2, body, FlipsAByteOfBfloat16Buckets)
+    assert isinstance(err, WeightSyncError) and "checksum" in str(err), err
+    assert f"bucket {bucket} of" in str(err) and header.names[first_bf16] in str(err)
+
+
+def test_checksum_sees_every_byte_and_where_a_word_sits():
+    g = torch.Generator().manual_seed(0)
+    wire = torch.randint(0, 256, (1000,), dtype=torch.uint8, generator=g)  # 7 rows of 128 bytes and a tail
+    base = checksum(wire)
+    assert base.shape == (16,) and torch.equal(checksum(wire.clone()), base)
+    for i in range(wire.numel()):
+        changed = wire.clone()
+        changed[i] ^= 1 << (i % 8)
+        assert not torch.equal(checksum(changed), base), i
+    words = wire[:896].view(torch.int64)
+    for shift in (1, 15, 17):  # a word moved to another column
+        moved = wire.clone()
+        moved[:896].view(torch.int64)[:] = words.roll(shift)
+        assert not torch.equal(checksum(moved), base), shift
+    assert torch.equal(checksum(wire[8:].clone()), checksum(wire[8:]))  # an unaligned view: same bytes, same sum
 
 
 def test_lora_names_that_bind_to_nothing_fail_before_any_transfer():

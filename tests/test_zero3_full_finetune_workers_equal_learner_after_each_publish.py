@@ -1,6 +1,7 @@
 """Full fine-tuning under ZeRO-3 on 2 learner ranks (Ray actors) with the frozen reference's KL, activation
 checkpointing and an EMA: after each publish (bucketed, gathered per bucket) both rollout workers hold exactly
-the learner's weights, and the exported transformer is the EMA of the published versions."""
+the learner's weights, the exported transformer is the EMA of the published versions, and the workers evaluate
+with that EMA when it is published for evaluation."""
 
 from __future__ import annotations
 
@@ -101,5 +102,20 @@ def test_zero3_full_finetune_workers_equal_learner_after_each_publish(ray_local,
     for n, w0 in states[0].items():  # ema_2 = 0.25 w0 + 0.25 w1 + 0.5 w2
         ema = 0.25 * w0 + 0.25 * states[1][n] + 0.5 * states[2][n]
         torch.testing.assert_close(exported[n].detach(), ema, rtol=1e-5, atol=1e-6)
+
+    # evaluation with the EMA: published apart, sampled with, and the sampling weights left alone
+    header, _ = ray.get([a.publish_weights.remote(True) for a in learners])
+    assert header.ema and header.version == 2
+    in_threads(*[lambda w=w, h=header: w.receive_weights(h) for w in workers])
+    held = PromptGroup("eval-0", "a photo of a red cat", 2, seed=0)
+    reference = RolloutWorker(cfg.policy, cfg.sampler, run_seed=0)  # samples with the exported EMA, by hand
+    with torch.no_grad():
+        for n, p in reference.params.items():
+            p.copy_(exported[n])
+    expected = reference.evaluate(held).media
+    for w in workers:
+        assert torch.equal(w.evaluate(held, min_version=2, ema=True).media, expected)
+        assert all(torch.equal(w.params[n], states[-1][n]) for n in states[-1])  # back to the sampling weights
+        assert not torch.equal(w.evaluate(held, min_version=2).media, expected)
     for a in learners:
         ray.kill(a)
