@@ -24,6 +24,11 @@ from PIL import Image
 log = logging.getLogger(__name__)
 CHILD_SITE = Path(__file__).resolve().parent / "child_site"  # sitecustomize for vLLM's Python children
 JPEG_QUALITY = 95
+# Batch limits of the in-process engine: vLLM's own defaults on large GPUs, also on CPU (where they are 256 and
+# 4,096): a learner step's requests decode in one wave (8 groups of G = 9 are 288 pairs) and a step prefills
+# ~12 Flex prompts instead of ~3.
+MAX_BATCH_REQUESTS = 1024
+MAX_BATCH_TOKENS = 16384
 
 
 @dataclass(frozen=True)
@@ -187,7 +192,7 @@ class VllmBackend:
             settings["temperature"] = generation.temperature
         params = SamplingParams.from_optional(**settings)  # the model's generation defaults, then ours
         try:
-            conversations = [[{"role": "user", "content": [_vllm_part(p) for p in r.parts]}] for r in requests]
+            conversations = engine_conversations(requests)
         except Exception:
             log.exception("could not encode %d judge requests", len(requests))
             return [None] * len(requests)
@@ -205,10 +210,20 @@ class VllmBackend:
                 _stop_engine(engine.llm)
 
 
-def _vllm_part(part: str | np.ndarray) -> dict:
-    if isinstance(part, str):
-        return {"type": "text", "text": part}
-    return {"type": "image_pil", "image_pil": jpeg_decoded(part)}
+def engine_conversations(requests: list[JudgeRequest]) -> list[list[dict]]:
+    """The `llm.chat` conversations of the in-process engine: one user turn per request, parts in order, each
+    image as the decoded JPEG (what a server decodes). An image shared by requests (a sample in all its pairs)
+    is decoded once."""
+    decoded: dict[int, Image.Image] = {}  # by id() of the array: all are alive while the requests are
+
+    def part(p: str | np.ndarray) -> dict:
+        if isinstance(p, str):
+            return {"type": "text", "text": p}
+        if id(p) not in decoded:
+            decoded[id(p)] = jpeg_decoded(p)
+        return {"type": "image_pil", "image_pil": decoded[id(p)]}
+
+    return [[{"role": "user", "content": [part(p) for p in r.parts]}] for r in requests]
 
 
 def _start_engine(model: str, max_images: int):
@@ -220,7 +235,9 @@ def _start_engine(model: str, max_images: int):
         model=model,
         enforce_eager=not torch.cuda.is_available(),  # CUDA graphs on GPUs; eager on CPU (fast start)
         limit_mm_per_prompt={"image": max_images},
-        enable_prefix_caching=True,  # the requests of a group share their instructions
+        enable_prefix_caching=True,  # pairs with the same first sample share its image tokens
+        max_num_seqs=MAX_BATCH_REQUESTS,
+        max_num_batched_tokens=MAX_BATCH_TOKENS,
         structured_outputs_config={"backend": "xgrammar", "disable_any_whitespace": True},  # compact JSON replies
         seed=0,
     )
@@ -336,10 +353,7 @@ class TransformersBackend:
         import torch
 
         try:
-            content = [
-                {"type": "text", "text": p} if isinstance(p, str) else {"type": "image"}
-                for p in request.parts
-            ]
+            content = [{"type": "text", "text": p} if isinstance(p, str) else {"type": "image"} for p in request.parts]
             text = self.processor.apply_chat_template(
                 [{"role": "user", "content": content}],
                 add_generation_prompt=True,

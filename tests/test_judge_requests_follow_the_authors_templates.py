@@ -15,7 +15,7 @@ from PIL import Image
 
 from flexgrpo.config import RewardSpec
 from flexgrpo.records import MediaGroup
-from reward_workers.backends import HttpBackend
+from reward_workers.backends import HttpBackend, engine_conversations
 from reward_workers.judges import FLEX, THINK, PairwiseJudge, PointwiseJudge
 
 TEMPLATES = Path(__file__).resolve().parents[1] / "reward_workers" / "templates"
@@ -79,6 +79,25 @@ def test_flex_image_pair_request_is_the_authors() -> None:
     assert "temperature" not in body and "response_format" not in body  # the server's model defaults apply
 
 
+def test_in_process_engine_sees_the_same_parts_and_jpeg_pixels_decoded_once_per_sample() -> None:
+    images = group((3, 32, 32, 3))
+    judge = PairwiseJudge(NoBackend(), RewardSpec(name="unifiedreward_flex", model="m"), FLEX)  # type: ignore[arg-type]
+    pairs, requests = judge.requests(images)
+    conversations = engine_conversations(requests)
+    assert [[turn["role"] for turn in c] for c in conversations] == [["user"]] * 3
+    contents = [c[0]["content"] for c in conversations]
+    assert all([p["type"] for p in content] == ["image_pil", "image_pil", "text"] for content in contents)
+    assert all(content[2]["text"] == template_text("flex_image.txt") for content in contents)
+    shown: dict[int, list[Image.Image]] = {}
+    for (i, j), content in zip(pairs, contents, strict=True):
+        shown.setdefault(i, []).append(content[0]["image_pil"])
+        shown.setdefault(j, []).append(content[1]["image_pil"])
+    for sample, decoded in shown.items():
+        assert all(d is decoded[0] for d in decoded)  # one decode per sample, shared by its pairs
+        jpeg = np.asarray(Image.open(io.BytesIO(jpeg_q95(images.media[sample].numpy()))))
+        np.testing.assert_array_equal(np.asarray(decoded[0]), jpeg)  # the pixels a server decodes
+
+
 def test_flex_video_pair_request_is_the_authors() -> None:
     videos = group((2, 9, 32, 32, 3))
     judge = PairwiseJudge(NoBackend(), RewardSpec(name="unifiedreward_flex", model="m"), FLEX)  # type: ignore[arg-type]
@@ -117,7 +136,7 @@ def test_pointwise_request_is_the_authors_and_thinking_is_a_switch() -> None:
     videos = group((2, 9, 32, 32, 3))
     spec = RewardSpec(name="unifiedreward_2", model="m", thinking=True)
     out = PointwiseJudge(backend, spec).score(videos)  # type: ignore[arg-type]
-    (requests, generation), = backend.calls
+    ((requests, generation),) = backend.calls
     assert [len(r.parts) for r in requests] == [9, 9] and requests[1].parts[-1] == template_text("pointwise_video.txt")
     np.testing.assert_array_equal(requests[1].parts[7], videos.media[1, 8].numpy())
     assert generation.thinking is True and generation.max_new_tokens == 4096 and generation.temperature is None
