@@ -98,6 +98,17 @@ def prepare_vllm_environment() -> None:
         os.environ["PYTHONPATH"] = os.pathsep.join([str(CHILD_SITE)] + [p for p in paths if p])
 
 
+def engine_dtype() -> str:
+    """The judge engine's dtype: the checkpoint's ("auto") where the hardware computes in it; float32 on a CPU
+    without bfloat16 instructions (vLLM-CPU casts to bfloat16 by default, and an AVX2-only CPU then runs its
+    linear layers on a slow fallback: 13x slower than float32, measured with the tiny judge)."""
+    import torch
+
+    if torch.cuda.is_available() or torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        return "auto"
+    return "float32"
+
+
 # ----------------------------------------------------------------------------------------------- vLLM engine
 @dataclass
 class _Job:
@@ -234,6 +245,7 @@ def _start_engine(model: str, max_images: int):
     return vllm.LLM(
         model=model,
         enforce_eager=not torch.cuda.is_available(),  # CUDA graphs on GPUs; eager on CPU (fast start)
+        dtype=engine_dtype(),
         limit_mm_per_prompt={"image": max_images},
         enable_prefix_caching=True,  # pairs with the same first sample share its image tokens
         max_num_seqs=MAX_BATCH_REQUESTS,

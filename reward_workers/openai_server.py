@@ -15,7 +15,7 @@ import urllib.request
 from contextlib import nullcontext
 from pathlib import Path
 
-from reward_workers.backends import CHILD_SITE
+from reward_workers.backends import CHILD_SITE, engine_dtype
 
 
 def start_openai_server(
@@ -37,6 +37,7 @@ def start_openai_server(
         "--host", "127.0.0.1",
         "--port", str(port),
         "--enforce-eager",
+        "--dtype", engine_dtype(),
         "--limit-mm-per-prompt.image", str(max_images),
         "--structured-outputs-config", json.dumps({"backend": "xgrammar", "disable_any_whitespace": True}),
         "--seed", "0",
