@@ -36,6 +36,7 @@ class JudgeRequest:
     """One chat turn for the judge: text and images in the order shown."""
 
     parts: tuple[str | np.ndarray, ...]  # text, or a uint8 [H, W, 3] image
+    seed: int | None = None  # sampling seed: the same request samples the same reply (None: the engine's stream)
 
     @property
     def images(self) -> list[np.ndarray]:
@@ -115,7 +116,7 @@ class _Job:
     """One `generate` call waiting for the engine."""
 
     conversations: list
-    params: object  # vllm.SamplingParams
+    params: list  # [vllm.SamplingParams] one per conversation
     template_kwargs: dict
     replies: list[str | None] | None = None
 
@@ -151,7 +152,7 @@ class _Engine:
 
     def _chat(self, jobs: list[_Job]) -> None:
         conversations = [c for job in jobs for c in job.conversations]
-        params = [job.params for job in jobs for _ in job.conversations]
+        params = [p for job in jobs for p in job.params]
         try:
             outputs = self.llm.chat(  # type: ignore[attr-defined]
                 conversations, params, use_tqdm=False, chat_template_kwargs=jobs[0].template_kwargs
@@ -201,7 +202,8 @@ class VllmBackend:
         settings |= {"max_tokens": generation.max_new_tokens, "structured_outputs": structured}
         if generation.temperature is not None:
             settings["temperature"] = generation.temperature
-        params = SamplingParams.from_optional(**settings)  # the model's generation defaults, then ours
+        # the model's generation defaults, then ours, then each request's seed
+        params = [SamplingParams.from_optional(**settings, seed=r.seed) for r in requests]
         try:
             conversations = engine_conversations(requests)
         except Exception:
@@ -316,6 +318,8 @@ class HttpBackend:
         }
         if generation.temperature is not None:
             body["temperature"] = generation.temperature
+        if request.seed is not None:
+            body["seed"] = request.seed
         if generation.json_schema is not None:
             body["response_format"] = {
                 "type": "json_schema",
@@ -379,7 +383,9 @@ class TransformersBackend:
                 sampling["do_sample"] = generation.temperature > 0
             if generation.temperature:
                 sampling["temperature"] = generation.temperature
-            with torch.no_grad():
+            with torch.no_grad(), torch.random.fork_rng(devices=[self.device] if self.device == "cuda" else []):
+                if request.seed is not None:
+                    torch.manual_seed(request.seed)
                 out = self.model.generate(**inputs, max_new_tokens=generation.max_new_tokens, **sampling)
             return self.processor.decode(out[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
         except Exception:

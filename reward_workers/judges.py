@@ -9,6 +9,7 @@ times, (5) turn each group's verdicts into rewards; what never parsed is a tie, 
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from collections.abc import Callable
@@ -76,7 +77,7 @@ def ask(
     for attempt in range(max_retries + 1):
         if not pending:
             break
-        replies = _generate(backend, [requests[i] for i in pending], generation)
+        replies = _generate(backend, [_reseeded(requests[i], attempt) for i in pending], generation)
         failed = []
         for i, reply in zip(pending, replies, strict=True):
             attempts[i] += 1
@@ -89,6 +90,19 @@ def ask(
         if any(transport for _, transport in failed) and attempt < max_retries:
             time.sleep(backend.retry_delay_s * 2**attempt)  # back off a struggling server
     return verdicts, attempts
+
+
+def request_seeds(judge: str, group_id: str, count: int) -> list[int]:
+    """The sampling seeds of a group's `count` requests to `judge`: a function of the three alone, so a group
+    judged again (a resume, a restarted reward worker) samples the same replies, in any batch."""
+    digest = hashlib.blake2b(f"{judge}/{group_id}".encode(), digest_size=8).digest()
+    first = int.from_bytes(digest, "little") >> 33  # 31 bits; a request's retries add up to 255 to its seed
+    return [first + (index << 8) for index in range(count)]
+
+
+def _reseeded(request: JudgeRequest, attempt: int) -> JudgeRequest:
+    """A retry samples anew: the seed moves by the attempt (retries stay below 256)."""
+    return request if request.seed is None or not attempt else replace(request, seed=request.seed + attempt)
 
 
 def _generate(backend: JudgeBackend, requests: list[JudgeRequest], generation: Generation) -> list:
@@ -174,7 +188,9 @@ class PairwiseJudge:
         frames = sample_frames(group.media, self.spec.video_frames)
         text = render(self.format.template, group.is_video, group.prompt)
         pairs = judge_pairs(len(frames), self.spec.pairs_per_sample, self.spec.both_orders)
-        return pairs, [JudgeRequest((*frames[i], *frames[j], text)) for i, j in pairs]
+        seeds = request_seeds(self.spec.name, group.group_id, len(pairs))
+        requests = zip(pairs, seeds, strict=True)
+        return pairs, [JudgeRequest((*frames[i], *frames[j], text), seed) for (i, j), seed in requests]
 
     def score(self, group: MediaGroup) -> RewardOutput:
         return self.score_many([group])[0]
@@ -261,9 +277,13 @@ class PointwiseJudge:
             video = groups[indices[0]].is_video
             dims = POINTWISE_DIMENSIONS[video]
             requests = [
-                JudgeRequest((*sample, render("pointwise", video, groups[i].prompt)))
+                JudgeRequest((*sample, render("pointwise", video, groups[i].prompt)), seed)
                 for i in indices
-                for sample in sample_frames(groups[i].media, self.spec.video_frames)
+                for sample, seed in zip(
+                    sample_frames(groups[i].media, self.spec.video_frames),
+                    request_seeds(self.spec.name, groups[i].group_id, groups[i].media.shape[0]),
+                    strict=True,
+                )
             ]
             regex = {"regex": pointwise_reply_regex(video)} if self.spec.structured_output else {}
             reader = parse_pointwise_official if self.official else parse_pointwise_reply
@@ -284,8 +304,10 @@ class PointwiseJudge:
             given = {d: [v.scores[d] for v in verdicts if d in v.scores] for d in dims}
             fill |= {d: float(np.mean(values)) for d, values in given.items() if values}
         rewards = torch.tensor(
-            [np.mean([(v.scores.get(d, fill[d]) - 1) / 4 for d in dims]) if v.parsed or self.official else 0.5
-             for v in verdicts],
+            [
+                np.mean([(v.scores.get(d, fill[d]) - 1) / 4 for d in dims]) if v.parsed or self.official else 0.5
+                for v in verdicts
+            ],
             dtype=torch.float32,
         )  # [G]
         details = [

@@ -13,6 +13,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
@@ -69,6 +70,27 @@ def test_garbage_then_good_reply_costs_one_retry() -> None:
     assert all(d["attempts"] == 2 for d in out.details if d["kind"] == "pair")
     expected = [1.0, 0.667, 0.333, 0.0]  # first shown always wins; official: rounded to 3 decimals as the authors do
     torch.testing.assert_close(out.rewards, torch.tensor(expected))
+
+
+def test_requests_are_seeded_by_judge_group_and_index_and_a_retry_samples_anew() -> None:
+    seeds: list[tuple[int, int | None]] = []  # (call, seed) of every request sent
+
+    def reply(request: JudgeRequest, call: int) -> str:
+        seeds.append((call, request.seed))
+        return "not json at all" if call == 0 else GOOD_FLEX
+
+    PairwiseJudge(ScriptedBackend(reply), spec(max_retries=1), FLEX).score(media_group(4))
+    first = [seed for call, seed in seeds if call == 0]
+    assert len(set(first)) == 6 and all(isinstance(s, int) for s in first)  # one seed per pair
+    assert [seed for call, seed in seeds if call == 1] == [s + 1 for s in first]  # a retry samples anew
+
+    def seeds_of(judge_spec: RewardSpec, group: MediaGroup) -> list[int | None]:
+        return [r.seed for r in PairwiseJudge(ScriptedBackend(reply), judge_spec, FLEX).requests(group)[1]]
+
+    group = media_group(4)
+    assert seeds_of(spec(), group) == first  # judged again (a resume, a restarted worker): the same seeds
+    assert not set(seeds_of(spec(), replace(group, group_id="g1"))) & set(first)  # another group
+    assert not set(seeds_of(spec(name="unifiedreward_think"), group)) & set(first)  # another judge
 
 
 def test_replies_that_never_parse_are_counted_ties() -> None:
@@ -252,6 +274,7 @@ def test_http_concurrency_is_capped_and_images_travel_as_jpeg(
     assert out.unparsed == 0 and fault_server.requests == 6 and fault_server.max_in_flight == 3
     body = fault_server.bodies[0]
     assert body["model"] == "served-judge" and body["auth"] == "Bearer sekrit"
+    assert len({b["seed"] for b in fault_server.bodies}) == 6  # each request's seed travels with it
     assert "regex" in body["structured_outputs"]
     urls = [p["image_url"]["url"] for p in body["messages"][0]["content"] if p["type"] == "image_url"]
     assert len(urls) == 2 and urls[0].startswith("data:image/jpeg;base64,")

@@ -164,3 +164,27 @@ def test_groups_scored_from_two_threads_run_in_one_engine_call(
         thread.join(timeout=120)
     assert calls == [6]  # 3 + 3 pairs of two groups, one llm.chat
     assert all(results[k].requests == 3 and results[k].unparsed == 0 for k in range(2))  # type: ignore[attr-defined]
+
+
+def test_sampled_replies_follow_the_request_seeds_in_any_batch(flex: RewardModel) -> None:
+    image = media_group(2, seed=20).media.numpy()
+    sampling = backends.Generation(max_new_tokens=24, temperature=1.0)
+
+    def ask(*seeds: int) -> list[str | None]:
+        requests = [backends.JudgeRequest((image[0], image[1], "Which image is better?"), s) for s in seeds]
+        return flex.backend.generate(requests, sampling)  # type: ignore[attr-defined]
+
+    alone, crowded = ask(1, 2), ask(3, 1, 4, 2)
+    assert crowded[1] == alone[0] and crowded[3] == alone[1]  # the same seed, the same reply, in another batch
+    assert len({*alone, crowded[0], crowded[2]}) == 4  # other seeds, other replies
+
+
+def test_a_sampling_judge_scores_a_group_the_same_alone_or_among_others(flex: RewardModel) -> None:
+    sampling = build_reward(judge_spec("unifiedreward_flex", temperature=1.0))
+    try:
+        group = media_group(4, seed=21)
+        alone = sampling.score(group)
+        among = sampling.score_many([media_group(3, seed=22), group])[1]  # type: ignore[attr-defined]
+    finally:
+        sampling.close()
+    assert torch.equal(alone.rewards, among.rewards) and alone.details == among.details
