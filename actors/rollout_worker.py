@@ -86,7 +86,14 @@ class RolloutWorker(Heartbeating):
             if not into:  # views into one flat tensor per bucket: each bucket lands with no copy
                 check_binds(header, self.params)
                 into |= bucket_views(header, self.device)
-            receive(self._sync, header, into=into)
+            try:
+                receive(self._sync, header, into=into)
+            except BaseException:  # what `into` holds must not be used: nothing new is staged
+                if header.ema:
+                    self._ema_version = -1
+                else:
+                    self._staged_version, self._staged_unused = self.version, False
+                raise
             if header.ema:
                 self._ema_version = header.version
             else:

@@ -30,6 +30,7 @@ from flexgrpo.records import WeightUpdate
 
 _WORDS = 16  # a checksum sums the bucket's 8-byte words in 16 columns (word index mod 16)
 _ROW_BYTES = 8 * _WORDS
+_ABORTED = 1  # trailer[0, 1]: the sender could not fill every bucket
 
 
 class WeightSyncError(RuntimeError):
@@ -128,15 +129,21 @@ def send(
     """Rank 0: broadcast `params` bucket by bucket as `header` (from `describe(params, ...)`) lays them out,
     then the trailer of checksums. With `ready`, each bucket goes as soon as `ready` says it is filled, so the
     first buckets are on the wire while the caller still fills the rest. Blocks until everything is on the
-    wire; raises `WeightSyncError` when the filling failed (part of the broadcast has gone out)."""
+    wire. When the filling fails, the remaining buckets still go out (unfilled) with a trailer marked aborted,
+    so receivers raise at once instead of waiting out the group's timeout, and the group stays usable; then
+    `send` raises that `WeightSyncError`."""
     buffers = _BucketBuffers(header, group.device)
     trailer = _trailer(header, group.device)
     in_flight: deque[dist.Work] = deque()
+    aborted: WeightSyncError | None = None
     for b, (start, end) in enumerate(header.bucket_ranges()):
         if len(in_flight) == 2:
             in_flight.popleft().wait()  # frees the buffer this bucket may pack into
-        if ready is not None:
-            ready.wait(b)
+        if ready is not None and aborted is None:
+            try:
+                ready.wait(b)
+            except WeightSyncError as err:
+                aborted, trailer[0, 1] = err, _ABORTED
         tensors = [params[n] for n in header.names[start:end]]
         wire = _span(tensors, group.device)
         if wire is None:
@@ -148,6 +155,8 @@ def send(
     in_flight.append(group.broadcast_async(trailer))
     for work in in_flight:
         work.wait()
+    if aborted is not None:
+        raise aborted
 
 
 @torch.no_grad()
@@ -225,7 +234,8 @@ def checksum(wire: Tensor) -> Tensor:
 
 
 def _trailer(header: WeightUpdate, device: torch.device) -> Tensor:
-    """[1 + B, 16] int64, sent after the buckets: row 0 starts with the version, row 1 + b is bucket b's checksum."""
+    """[1 + B, 16] int64, sent after the buckets: row 0 holds the version and the abort flag, row 1 + b is bucket
+    b's checksum."""
     trailer = torch.zeros(1 + len(header.bucket_ends), _WORDS, dtype=torch.int64, device=device)
     trailer[0, 0] = header.version
     return trailer
@@ -233,6 +243,11 @@ def _trailer(header: WeightUpdate, device: torch.device) -> Tensor:
 
 def _verify(header: WeightUpdate, got: list[list[int]], sent: list[list[int]]) -> None:
     """Raise unless the received trailer `sent` is the version of `header` with the checksums `got` here."""
+    if sent[0][1] == _ABORTED:
+        raise WeightSyncError(
+            f"weight update v{header.version} was aborted by the sender (its snapshot failed part way); the "
+            "received bytes must not be used"
+        )
     if sent[0][0] != header.version:
         raise WeightSyncError(
             f"weight update v{header.version}: the sender sent v{sent[0][0]} instead; a receive was paired with "

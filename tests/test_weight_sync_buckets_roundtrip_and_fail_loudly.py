@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import replace
 
@@ -148,6 +149,34 @@ def test_snapshot_filled_while_the_first_buckets_are_on_the_wire():
     failed.wait(0)
     with pytest.raises(WeightSyncError, match="bucket 1 was filled.*gather failed"):
         failed.wait(1)
+
+
+def test_a_snapshot_that_fails_part_way_aborts_the_update_at_once_and_the_group_lives_on():
+    sent = model_params(0)
+    header = describe(sent, version=4, bucket_mb=0.004)
+    assert len(header.bucket_ends) > 2
+
+    def body(group: WeightSyncGroup):
+        if group.rank == 1:
+            into = snapshot(model_params(1), "views", header)
+            with pytest.raises(WeightSyncError, match="v4 was aborted by the sender"):
+                receive(group, header, into)
+            receive(group, replace(header, version=5), into)  # the next version arrives whole
+            return into
+        views, ready = bucket_views(header, CPU), BucketsReady()
+        for name in header.names[: header.bucket_ends[0]]:
+            views[name].copy_(sent[name])
+        ready.set(1)
+        ready.fail(RuntimeError("a ZeRO-3 gather failed"))  # the snapshot stops after the first bucket
+        with pytest.raises(WeightSyncError, match="gather failed"):
+            send(group, views, header, ready)
+        send(group, snapshot(sent, "views", header), replace(header, version=5))
+
+    start = time.monotonic()
+    results = run_ranks(2, body)
+    assert not any(isinstance(r, Exception) for r in results), results
+    assert time.monotonic() - start < 20  # no rank waited out the group's 30 s timeout
+    assert all(torch.equal(results[1][n], t) for n, t in sent.items())
 
 
 def test_receiving_another_version_fails_loudly():
