@@ -189,8 +189,8 @@ class PairwiseJudge:
         text = render(self.format.template, group.is_video, group.prompt)
         pairs = judge_pairs(len(frames), self.spec.pairs_per_sample, self.spec.both_orders)
         seeds = request_seeds(self.spec.name, group.group_id, len(pairs))
-        requests = zip(pairs, seeds, strict=True)
-        return pairs, [JudgeRequest((*frames[i], *frames[j], text), seed) for (i, j), seed in requests]
+        seeded_pairs = zip(pairs, seeds, strict=True)
+        return pairs, [JudgeRequest((*frames[i], *frames[j], text), seed) for (i, j), seed in seeded_pairs]
 
     def score(self, group: MediaGroup) -> RewardOutput:
         return self.score_many([group])[0]

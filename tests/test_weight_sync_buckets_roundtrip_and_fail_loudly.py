@@ -123,7 +123,7 @@ def test_bucket_views_move_every_bucket_without_a_bucket_buffer(monkeypatch):
     assert all(torch.equal(received[n], t) for n, t in sent.items())
 
 
-def test_snapshot_filled_while_the_first_buckets_are_on_the_wire():
+def test_a_snapshot_filled_while_send_streams_it_arrives_whole():
     sent = model_params(0)
     header = describe(sent, version=2, bucket_mb=0.004)
     views, ready = bucket_views(header, CPU), BucketsReady()
