@@ -1,20 +1,22 @@
-"""Weight sync: a bucketed publish (`describe` + `send`, receivers `receive` with checksum verification)
-against a raw broadcast of the same bytes into a preallocated buffer, to 2 receiver processes, in one run.
+"""Weight sync: the learner's publish (a `Publisher`: snapshot + bucketed send, receivers `receive` with
+checksum verification) against a raw broadcast of the same bytes into a preallocated buffer, to 2 receiver
+processes, in one run.
 
     python benchmarks/bench_weight_sync.py                       # CPU, gloo
     python benchmarks/bench_weight_sync.py --device cuda         # NCCL, one GPU per rank (needs 3 GPUs)
 
 Sets: (a) the tiny recipe's LoRA adapter, (b) 15 random fp32 tensors of 3072x3072 (566 MB). A publish is
 timed from the sender's first step until every receiver has its weights (verified) and answered a 1-element
-barrier; the median of `--repeats` runs. It includes every copy the learner makes per publish: the snapshot of
-the parameters into fresh memory, filled bucket by bucket on the calling thread while a sender thread already
-broadcasts the filled buckets (`BucketsReady`), as `GRPOLearner.publish_weights` does.
+barrier; the median of `--repeats` runs. It is what `GRPOLearner.publish_weights` does on rank 0: a
+`Publisher` fills the snapshot (`fill_buckets`) on the calling thread while its sender thread already
+broadcasts the filled buckets, and receivers receive into a `bucket_views` staging copy allocated once (a
+rollout worker's). 'publish' is the steady state, where the snapshot reuses the memory of the previous one;
+'first' is the first publish, into fresh memory.
 
-- publish: the snapshot is `bucket_views` of the header (the learner's), so `send` packs nothing, and the
-  receivers receive into a `bucket_views` staging copy allocated once (a rollout worker's).
-- plain: the same with one tensor per parameter on both sides, so buckets of several tensors are packed and
-  unpacked through bucket buffers. Its peak extra memory during `send` (of a filled snapshot) and `receive`,
-  in units of the bucket size (sender and worst receiver), shows the bound of two buckets.
+Peak memory: `send` and `receive` of plain tensors (one per parameter, so buckets of several tensors are
+packed and unpacked through bucket buffers) raise this process's peak above the tensors themselves by the
+figures shown, in units of the bucket size (sender; worst receiver): the bound is two buckets. The snapshot
+itself is one copy of the trained parameters, on the device or (`learner.sync_snapshot: cpu`) in CPU memory.
 
 The raw broadcast sends one preallocated flat tensor into preallocated flat tensors, with no snapshot. Each
 rank runs `--threads` intra-op threads (default 1, as in a Ray actor with one CPU: Ray sets OMP_NUM_THREADS).
@@ -27,7 +29,7 @@ import socket
 import statistics
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from functools import partial
 from typing import TypeVar
 
@@ -36,7 +38,7 @@ import torch.multiprocessing as mp
 from torch import Tensor
 
 from flexgrpo.records import WeightUpdate
-from flexgrpo.weight_transport import BucketsReady, WeightSyncGroup, bucket_views, describe, receive, send
+from flexgrpo.weight_transport import Publisher, WeightSyncGroup, bucket_views, describe, fill_buckets, receive, send
 
 RECEIVERS = 2
 T = TypeVar("T")
@@ -88,11 +90,13 @@ LAYOUTS: dict[str, Callable[[WeightUpdate, torch.device], dict[str, Tensor]]] = 
     "publish": bucket_views,
     "plain": plain,
 }
+"""how a receiver holds its staging copy: for the timed publishes, and for the peak memory of packing"""
 
 
 def receiver(rank: int, port: int, kind: str, threads: int, jobs: mp.Queue, peaks: mp.Queue) -> None:
     """Per set: a 'setup' job allocates (and touches) the raw buffer and each layout's staging copy once,
-    as a worker holds its staging copy; then 'raw' and layout jobs receive into them."""
+    as a worker holds its staging copy; then 'raw' and layout jobs receive into them ('plain' measuring its
+    peak memory)."""
     torch.set_num_threads(threads)
     device = device_of(rank, kind)
     if kind == "cuda":
@@ -107,13 +111,14 @@ def receiver(rank: int, port: int, kind: str, threads: int, jobs: mp.Queue, peak
             for tensors in staging.values():
                 for t in tensors.values():
                     t.zero_()  # resident, as a worker's staging copy is after its first update
-            continue
-        if what == "raw":
+        elif what == "raw":
             group.broadcast_async(flat).wait()
-        else:
+        elif what == "plain":
             with PeakMemory(device) as peak:
                 receive(group, header, staging[what])
             peaks.put(peak.rise)
+        else:
+            receive(group, header, staging[what])
         group.broadcast_async(done).wait()
 
 
@@ -126,28 +131,21 @@ def tiny_lora() -> dict[str, Tensor]:
     return {n: p.detach() for n, p in trainable_parameters(policy.transformer).items()}
 
 
-def fill(out: dict[str, Tensor], params: dict[str, Tensor], header: WeightUpdate, ready: BucketsReady) -> None:
-    """The learner's snapshot: copy `params` into `out` bucket by bucket, telling `ready` as each is filled."""
-    for b, (start, end) in enumerate(header.bucket_ranges()):
-        for name in header.names[start:end]:
-            out[name].copy_(params[name])
-        ready.set(b + 1)
+def source(params: dict[str, Tensor]):
+    """`params` as a `BucketSource`: always whole."""
+    return lambda names: nullcontext(params)
 
 
-def publish(group: WeightSyncGroup, params: dict[str, Tensor], bucket_mb: float, layout: str, sender) -> None:
-    """What the learner does per publish: describe; allocate the snapshot in `layout`; send it from the sender
-    thread while this thread fills it."""
+def publish(publisher: Publisher, params: dict[str, Tensor], bucket_mb: float) -> None:
+    """What learner rank 0 does per publish, until every bucket is on the wire."""
     header = describe(params, 0, bucket_mb)
-    snapshot, ready = LAYOUTS[layout](header, group.device), BucketsReady()
-    sending = sender.submit(send, group, snapshot, header, ready)
-    fill(snapshot, params, header, ready)
-    sending.result()
+    publisher.publish(header, lambda out, ready: fill_buckets(header, source(params), out, ready)).result()
 
 
 def plain_send_peak(group: WeightSyncGroup, params: dict[str, Tensor], header: WeightUpdate) -> int:
     """The rise of peak memory while `send` broadcasts a filled snapshot of plain tensors."""
     snapshot = plain(header, group.device)
-    fill(snapshot, params, header, BucketsReady())
+    fill_buckets(header, source(params), snapshot)
     with PeakMemory(group.device) as peak:
         send(group, snapshot, header)
     return peak.rise
@@ -165,25 +163,26 @@ def timed(group: WeightSyncGroup, jobs: list[mp.Queue], what: str, header: Weigh
 
 
 def measure(group, jobs, peaks, params: dict[str, Tensor], bucket_mb: float, repeats: int) -> dict[str, float]:
-    """-> median seconds of 'raw' and of each layout; 'send peak' and worst 'recv peak' bytes of 'plain'"""
+    """-> median seconds of 'raw' and 'publish', seconds of the 'first' publish (fresh snapshot memory); 'send
+    peak' and worst 'recv peak' bytes of plain tensors"""
     flat = torch.cat([t.reshape(-1) for t in params.values()])
     header = describe(params, 0, bucket_mb)
-    for q in jobs:
-        q.put(("setup", header))
-    times: dict[str, list[float]] = {"raw": [], **{layout: [] for layout in LAYOUTS}}
-    recv_peaks: list[int] = []
-    with ThreadPoolExecutor(max_workers=1) as sender:
-        for _ in range(repeats):
-            times["raw"].append(timed(group, jobs, "raw", header, lambda: group.broadcast_async(flat).wait())[0])
-            for layout in LAYOUTS:
-                body = partial(publish, group, params, bucket_mb, layout, sender)
-                times[layout].append(timed(group, jobs, layout, header, body)[0])
-                received = [peaks.get() for _ in jobs]
-                if layout == "plain":
-                    recv_peaks += received
+    timed(group, jobs, "setup", header, lambda: None)
+    publisher = Publisher(group, group.device)
+    body = partial(publish, publisher, params, bucket_mb)
+    first, _ = timed(group, jobs, "publish", header, body)
+    times: dict[str, list[float]] = {"raw": [], "publish": []}
+    for _ in range(repeats):
+        times["raw"].append(timed(group, jobs, "raw", header, lambda: group.broadcast_async(flat).wait())[0])
+        times["publish"].append(timed(group, jobs, "publish", header, body)[0])
+    publisher.close()
     _, send_peak = timed(group, jobs, "plain", header, partial(plain_send_peak, group, params, header))
-    recv_peaks += [peaks.get() for _ in jobs]
-    return {k: statistics.median(v) for k, v in times.items()} | {"send peak": send_peak, "recv peak": max(recv_peaks)}
+    recv_peak = max(peaks.get() for _ in jobs)
+    return {k: statistics.median(v) for k, v in times.items()} | {
+        "first": first,
+        "send peak": send_peak,
+        "recv peak": recv_peak,
+    }
 
 
 def main() -> None:
@@ -217,7 +216,7 @@ def main() -> None:
     }
     print(
         f"{'set':<14} {'bucket MiB':>10} {'MB':>8} {'raw s':>8} {'publish s':>10} {'GB/s':>6} {'ratio':>6}"
-        f" {'plain s':>8} {'plain send peak/bucket':>23} {'plain recv peak/bucket':>23}"
+        f" {'first s':>8} {'plain send peak/bucket':>23} {'plain recv peak/bucket':>23}"
     )
     for name, params in sets.items():
         nbytes = sum(t.numel() * t.element_size() for t in params.values())
@@ -226,7 +225,7 @@ def main() -> None:
             bucket = bucket_mb * 2**20
             print(
                 f"{name:<14} {bucket_mb:>10g} {nbytes / 1e6:>8.2f} {m['raw']:>8.4f} {m['publish']:>10.4f}"
-                f" {nbytes / m['publish'] / 1e9:>6.2f} {m['raw'] / m['publish']:>6.2f} {m['plain']:>8.4f}"
+                f" {nbytes / m['publish'] / 1e9:>6.2f} {m['raw'] / m['publish']:>6.2f} {m['first']:>8.4f}"
                 f" {m['send peak'] / bucket:>23.2f} {m['recv peak'] / bucket:>23.2f}"
             )
     for q in jobs:

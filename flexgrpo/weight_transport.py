@@ -9,6 +9,9 @@ the buckets, then a trailer: the version and each bucket's checksum, which every
     send(group, params, header)                        # rank 0
     receive(group, header, into=worker_params)         # ranks 1..N, concurrently
 
+Rank 0 of a trainer that goes on while its weights are on the wire publishes through a `Publisher`: it snapshots
+a version bucket by bucket (`fill_buckets`) while its sender thread already streams the filled buckets.
+
 A bucket whose tensors lie back to back in one storage, in header order (a single contiguous tensor, or the
 views `bucket_views` allocates), goes straight from and into that memory. Any other bucket passes through one
 of two reusable bucket buffers, so a side holds at most two buckets beyond its tensors. Each side checksums a
@@ -19,7 +22,9 @@ from __future__ import annotations
 
 import threading
 from collections import deque
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+from contextlib import AbstractContextManager
 from datetime import timedelta
 
 import torch
@@ -120,6 +125,89 @@ class BucketsReady:
             self._changed.wait_for(lambda: self._count > b or self._error is not None)
             if self._count <= b:
                 raise WeightSyncError(f"the snapshot failed before bucket {b} was filled: {self._error!r}")
+
+
+BucketSource = Callable[[list[str]], AbstractContextManager[Mapping[str, Tensor]]]
+"""names -> a context in which those tensors are whole and readable (e.g. gathered under ZeRO-3)."""
+
+
+@torch.no_grad()
+def fill_buckets(
+    header: WeightUpdate, source: BucketSource, out: Mapping[str, Tensor] | None, ready: BucketsReady | None = None
+) -> None:
+    """Copy `header`'s tensors from `source` into `out` one bucket at a time, telling `ready` as each bucket is
+    filled. With `out` None the sources are still entered bucket by bucket (a ZeRO-3 rank other than 0 takes
+    part in the gathers)."""
+    for b, (start, end) in enumerate(header.bucket_ranges()):
+        names = header.names[start:end]
+        with source(names) as params:
+            if out is not None:
+                for n in names:
+                    out[n].copy_(params[n].detach())
+        if ready is not None:
+            ready.set(b + 1)
+
+
+class Publisher:
+    """Rank 0 of a weight-sync group, publishing while its caller goes on: each `publish` fills a snapshot in
+    the wire's layout (`bucket_views`) on the caller's thread while one sender thread streams the filled
+    buckets, so versions go out in publish order. A snapshot's memory is reused by a later publish of the same
+    layout once its send is done: its pages stay resident on the CPU, as CUDA's caching allocators keep device
+    and pinned memory. A send that failed is reported by `error`: the group is broken, build a new one."""
+
+    def __init__(self, group: WeightSyncGroup, snapshot_device: torch.device) -> None:
+        self.group, self.snapshot_device = group, snapshot_device
+        self.error: Exception | None = None  # why a send failed: the group is broken, build a new one
+        self._sender = ThreadPoolExecutor(max_workers=1, thread_name_prefix="weight-sync")  # one: sends in order
+        self._sends: list[Future] = []
+        self._spare: tuple[WeightUpdate, dict[str, Tensor]] | None = None  # a sent snapshot, for reuse
+        self._lock = threading.Lock()
+
+    def publish(self, header: WeightUpdate, fill: Callable[[dict[str, Tensor], BucketsReady], None]) -> Future:
+        """Send `header`'s version: `fill(snapshot, ready)` copies it into the snapshot on this thread, bucket
+        by bucket, telling `ready`; the filled buckets are already on the wire meanwhile. Returns once the
+        snapshot is whole; the send goes on in the background: -> its future, done once every bucket is on the
+        wire. If `fill` raises, the update goes out marked aborted (receivers raise at once) and the error
+        propagates."""
+        snapshot, ready = self._snapshot(header), BucketsReady()
+        self._sends = [f for f in self._sends if not f.done()]
+        sending = self._sender.submit(self._send, snapshot, header, ready)
+        self._sends.append(sending)
+        try:
+            fill(snapshot, ready)
+        except BaseException as err:
+            ready.fail(err)
+            raise
+        return sending
+
+    def close(self, timeout_s: float | None = None) -> None:
+        """Wait until every send has finished or failed (`error`), then stop the sender thread; TimeoutError
+        if a send still runs."""
+        wait(self._sends, timeout=timeout_s)
+        if any(not f.done() for f in self._sends):
+            raise TimeoutError(f"a weight broadcast is still running after {timeout_s:.0f} s")
+        self._sender.shutdown()
+
+    def _snapshot(self, header: WeightUpdate) -> dict[str, Tensor]:
+        with self._lock:
+            spare, self._spare = self._spare, None
+        if spare is not None and _same_layout(spare[0], header):
+            return spare[1]
+        pin = self.snapshot_device.type == "cpu" and torch.cuda.is_available()
+        return bucket_views(header, self.snapshot_device, pin_memory=pin)
+
+    def _send(self, snapshot: dict[str, Tensor], header: WeightUpdate, ready: BucketsReady) -> None:
+        try:
+            send(self.group, snapshot, header, ready)
+        except Exception as err:
+            self.error = err
+            raise
+        with self._lock:
+            self._spare = (header, snapshot)
+
+
+def _same_layout(a: WeightUpdate, b: WeightUpdate) -> bool:
+    return (a.names, a.shapes, a.dtypes, a.bucket_ends) == (b.names, b.shapes, b.dtypes, b.bucket_ends)
 
 
 @torch.no_grad()

@@ -13,7 +13,6 @@ import math
 import os
 import time
 from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager, nullcontext
 from dataclasses import replace
 from pathlib import Path
@@ -27,7 +26,7 @@ from actors.samplers import get_sampler
 from flexgrpo.config import GRPOConfig, LearnerConfig, PolicyConfig, SamplerConfig
 from flexgrpo.heartbeat import Heartbeating
 from flexgrpo.records import PromptEmbedding, ScoredGroup, TrainedStep, TrajectoryGroup, WeightUpdate
-from flexgrpo.weight_transport import BucketsReady, WeightSyncGroup, bucket_views, describe, send
+from flexgrpo.weight_transport import Publisher, WeightSyncGroup, describe, fill_buckets
 from learner.grpo import decoupled_policy_loss, kl_to_reference, staleness_histogram, step_advantages
 
 
@@ -137,12 +136,9 @@ class GRPOLearner(Heartbeating):
             model=self.policy.transformer, optimizer=optimizer, config=ds_config, dist_init_required=False
         )
         self.version = 0
-        self._sync: WeightSyncGroup | None = None
+        self._publisher: Publisher | None = None  # rank 0, once it joined the weight-sync group
         self.reference = self._build_reference(reference, learner_cfg.reference, ds_config)
         self.sync_bucket_mb, self.sync_snapshot = learner_cfg.sync_bucket_mb, learner_cfg.sync_snapshot
-        self._sender = ThreadPoolExecutor(max_workers=1, thread_name_prefix="weight-sync")  # one: sends in order
-        self._sends: list[Future] = []
-        self._send_error: Exception | None = None
         self.ema_decay = learner_cfg.ema_decay  # the EMA lives where export reads it: every ZeRO-3 rank, or rank 0
         keeps_ema = self.ema_decay > 0 and (self.zero3 or rank == 0)
         self.ema = [s.detach().float().clone() for s in self._ema_sources()] if keeps_ema else []
@@ -268,19 +264,14 @@ class GRPOLearner(Heartbeating):
         if ema and not self.ema_decay:
             raise ValueError("publish_weights(ema=True) needs an EMA: set learner.ema_decay > 0")
         header = replace(describe(self._meta_params(), self.version, self.sync_bucket_mb), ema=ema)
-        failed, snapshot, ready = self._send_error, None, BucketsReady()
-        if self.rank == 0 and failed is None:
-            assert self._sync is not None, "join_weight_sync first"
-            device = torch.device("cpu") if self.sync_snapshot == "cpu" else self.device
-            snapshot = bucket_views(header, device, pin_memory=device.type == "cpu" and torch.cuda.is_available())
-            self._sends = [f for f in self._sends if not f.done()]
-            self._sends.append(self._sender.submit(self._send, self._sync, snapshot, header, ready))
-        try:
-            with self._ema_swapped() if ema else nullcontext():
-                self._snapshot(header, snapshot, ready)
-        except BaseException as err:
-            ready.fail(err)
-            raise
+        publisher = self._publisher
+        assert self.rank != 0 or publisher is not None, "join_weight_sync first"
+        failed = publisher.error if publisher is not None else None
+        with self._ema_swapped() if ema else nullcontext():
+            if publisher is None or failed is not None:  # still takes part in the ZeRO-3 gathers
+                fill_buckets(header, self._whole, None)
+            else:
+                publisher.publish(header, lambda out, ready: fill_buckets(header, self._whole, out, ready))
         if self.rank != 0:
             return None
         if failed is not None:
@@ -290,23 +281,13 @@ class GRPOLearner(Heartbeating):
             )
         return header
 
-    def _send(
-        self, group: WeightSyncGroup, snapshot: dict[str, Tensor], header: WeightUpdate, ready: BucketsReady
-    ) -> None:
-        try:
-            send(group, snapshot, header, ready)
-        except Exception as err:  # surfaced by the next publish_weights; join_weight_sync clears it
-            self._send_error = err
-            raise
-
     def join_weight_sync(self, host: str, port: int, world_size: int, timeout_s: float = 600) -> None:
         """Rank 0: (re)build the weight-sync group as its rank 0, after the broadcasts in flight finish or fail
         (each fails within the old group's timeout when a receiver died)."""
-        wait(self._sends, timeout=timeout_s)
-        if any(not f.done() for f in self._sends):
-            raise TimeoutError(f"a weight broadcast is still running after {timeout_s:.0f} s")
-        self._sends, self._send_error = [], None
-        self._sync = WeightSyncGroup(host, port, 0, world_size, self.device, timeout_s=timeout_s)
+        if self._publisher is not None:
+            self._publisher.close(timeout_s)
+        group = WeightSyncGroup(host, port, 0, world_size, self.device, timeout_s=timeout_s)
+        self._publisher = Publisher(group, torch.device("cpu") if self.sync_snapshot == "cpu" else self.device)
 
     def trainable_state(self) -> dict[str, Tensor]:
         """A CPU copy of the trained parameters, gathered whole under ZeRO-3."""
@@ -323,7 +304,7 @@ class GRPOLearner(Heartbeating):
                 return Path(folder) if self.rank == 0 else None
             whole = self._meta_params()
             state = {n: torch.empty_like(t, device="cpu") for n, t in whole.items()} if self.rank == 0 else None
-            self._snapshot(describe(whole, self.version, self.sync_bucket_mb), state)
+            fill_buckets(describe(whole, self.version, self.sync_bucket_mb), self._whole, state)
         if state is None:
             return None
         self._save_transformer(Path(folder), state)
@@ -355,24 +336,18 @@ class GRPOLearner(Heartbeating):
         self.version = int(client_state["version"])
         return self.version
 
-    def _snapshot(self, header: WeightUpdate, out: dict[str, Tensor] | None, ready: BucketsReady | None = None) -> None:
-        """Copy the trained parameters into `out` (rank 0; None elsewhere), one bucket of `header` at a time,
-        gathered under ZeRO-3 (a collective: every rank must call it); `ready` learns of each filled bucket."""
-        for b, (start, end) in enumerate(header.bucket_ranges()):
-            names = header.names[start:end]
-            with self._gathered(names):
-                if out is not None:
-                    for n in names:
-                        out[n].copy_(self.params[n].detach())
-            if ready is not None:
-                ready.set(b + 1)
-
     def _meta_params(self) -> dict[str, Tensor]:
         """The trained parameters as meta tensors of their whole shape and dtype (ZeRO-3 partitions them)."""
         return {
             n: torch.empty(p.ds_shape if self.zero3 else p.shape, dtype=p.dtype, device="meta")
             for n, p in self.params.items()
         }
+
+    @contextmanager
+    def _whole(self, names: list[str]) -> Iterator[dict[str, Tensor]]:
+        """The trained parameters, with `names` whole while inside (a `BucketSource`)."""
+        with self._gathered(names):
+            yield self.params
 
     def _gathered(self, names: list[str] | None = None):
         """Under ZeRO-3, the whole `names` parameters (all trained ones by default) while inside; else nothing."""

@@ -1,6 +1,7 @@
 """Bucketed weight sync over real gloo groups (threads, no Ray): round trips exactly in every dtype and bucket
 size, from and into plain tensors or bucket views (those with no packing copy, and while the snapshot is still
-being filled), and fails loudly on another version, a changed byte, or names that bind to nothing."""
+being filled); a publisher reuses snapshot memory only once its send is done; and it fails loudly on another
+version, a changed byte, or names that bind to nothing."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import replace
 
 import pytest
@@ -17,11 +19,13 @@ from flexgrpo import weight_transport
 from flexgrpo.records import WeightUpdate
 from flexgrpo.weight_transport import (
     BucketsReady,
+    Publisher,
     WeightSyncError,
     WeightSyncGroup,
     bucket_views,
     checksum,
     describe,
+    fill_buckets,
     receive,
     send,
 )
@@ -123,22 +127,24 @@ def test_bucket_views_move_every_bucket_without_a_bucket_buffer(monkeypatch):
     assert all(torch.equal(received[n], t) for n, t in sent.items())
 
 
+def whole(params: dict[str, torch.Tensor]):
+    """`params` as a `BucketSource`."""
+    return lambda names: nullcontext(params)
+
+
 def test_a_snapshot_filled_while_send_streams_it_arrives_whole():
     sent = model_params(0)
     header = describe(sent, version=2, bucket_mb=0.004)
-    views, ready = bucket_views(header, CPU), BucketsReady()
 
     def body(group: WeightSyncGroup):
         if group.rank == 1:
             into = snapshot(model_params(1), "views", header)
             receive(group, header, into)
             return into
+        views, ready = bucket_views(header, CPU), BucketsReady()
         sending = threading.Thread(target=send, args=(group, views, header, ready))
         sending.start()
-        for b, (start, end) in enumerate(header.bucket_ranges()):
-            for name in header.names[start:end]:
-                views[name].copy_(sent[name])
-            ready.set(b + 1)
+        fill_buckets(header, whole(sent), views, ready)
         sending.join()
 
     _, received = run_ranks(2, body)
@@ -177,6 +183,46 @@ def test_a_snapshot_that_fails_part_way_aborts_the_update_at_once_and_the_group_
     assert not any(isinstance(r, Exception) for r in results), results
     assert time.monotonic() - start < 20  # no rank waited out the group's 30 s timeout
     assert all(torch.equal(results[1][n], t) for n, t in sent.items())
+
+
+def test_publishes_stream_in_order_and_reuse_only_a_snapshot_already_sent():
+    g = torch.Generator().manual_seed(0)
+    versions = [{"a": torch.randn(2**21, generator=g), "b": torch.randn(2**21, generator=g)} for _ in range(3)]
+    headers = [describe(p, version=v, bucket_mb=4) for v, p in enumerate(versions)]  # 16 MB: more than a socket holds
+
+    def body(group: WeightSyncGroup):
+        if group.rank == 1:
+            time.sleep(0.5)  # v0 and v1 are both published before anything is received
+            into = bucket_views(headers[0], CPU)
+            got = []
+            for h in headers:
+                receive(group, h, into)
+                got.append({n: t.clone() for n, t in into.items()})
+            return got
+        publisher, memory = Publisher(group, CPU), []
+
+        def fill(h: WeightUpdate, params: dict[str, torch.Tensor]):
+            def into(out: dict[str, torch.Tensor], ready: BucketsReady) -> None:
+                memory.append(out["a"].data_ptr())
+                fill_buckets(h, whole(params), out, ready)
+
+            return into
+
+        first = [publisher.publish(h, fill(h, p)) for h, p in zip(headers[:2], versions[:2], strict=True)]
+        assert not first[0].done()  # v1 was filled while v0 was still on the wire
+        for sending in first:
+            sending.result()
+        publisher.publish(headers[2], fill(headers[2], versions[2])).result()
+        publisher.close()
+        return memory
+
+    results = run_ranks(2, body)
+    assert not any(isinstance(r, Exception) for r in results), results
+    memory, received = results
+    assert memory[1] != memory[0]  # never the memory of a snapshot still being sent
+    assert memory[2] == memory[1]  # but that of the last one sent
+    for got, sent in zip(received, versions, strict=True):
+        assert all(torch.equal(got[n], t) for n, t in sent.items())
 
 
 def test_receiving_another_version_fails_loudly():
