@@ -93,10 +93,10 @@ LAYOUTS: dict[str, Callable[[WeightUpdate, torch.device], dict[str, Tensor]]] = 
 """how a receiver holds its staging copy: for the timed publishes, and for the peak memory of packing"""
 
 
-def receiver(rank: int, port: int, kind: str, threads: int, jobs: mp.Queue, peaks: mp.Queue) -> None:
+def receiver(rank: int, port: int, kind: str, threads: int, jobs: mp.Queue, reports: mp.Queue) -> None:
     """Per set: a 'setup' job allocates (and touches) the raw buffer and each layout's staging copy once,
-    as a worker holds its staging copy; then 'raw' and layout jobs receive into them ('plain' measuring its
-    peak memory)."""
+    as a worker holds its staging copy; then 'raw' and layout jobs receive into them. After each job it
+    answers a barrier and reports (CPU seconds of this process for the job, rise of peak memory: 'plain' only)."""
     torch.set_num_threads(threads)
     device = device_of(rank, kind)
     if kind == "cuda":
@@ -105,6 +105,7 @@ def receiver(rank: int, port: int, kind: str, threads: int, jobs: mp.Queue, peak
     done = torch.zeros(1, device=device)
     while (job := jobs.get()) is not None:
         what, header = job
+        cpu, peak = time.process_time(), PeakMemory(device)
         if what == "setup":
             flat = torch.zeros(header.numel, dtype=torch.float32, device=device)
             staging = {layout: allocate(header, device) for layout, allocate in LAYOUTS.items()}
@@ -114,12 +115,12 @@ def receiver(rank: int, port: int, kind: str, threads: int, jobs: mp.Queue, peak
         elif what == "raw":
             group.broadcast_async(flat).wait()
         elif what == "plain":
-            with PeakMemory(device) as peak:
+            with peak:
                 receive(group, header, staging[what])
-            peaks.put(peak.rise)
         else:
             receive(group, header, staging[what])
         group.broadcast_async(done).wait()
+        reports.put((time.process_time() - cpu, peak.rise))
 
 
 def tiny_lora() -> dict[str, Tensor]:
@@ -151,38 +152,39 @@ def plain_send_peak(group: WeightSyncGroup, params: dict[str, Tensor], header: W
     return peak.rise
 
 
-def timed(group: WeightSyncGroup, jobs: list[mp.Queue], what: str, header: WeightUpdate, body: Callable[[], T]):
+def timed(group: WeightSyncGroup, jobs: list[mp.Queue], reports: mp.Queue, what: str, header, body: Callable[[], T]):
     """-> (seconds from the sender's first call until every receiver has answered the barrier after its part,
-    what `body` returned)"""
+    CPU seconds of all ranks for it (on a machine with fewer cores than ranks, their sum bounds the time),
+    the receivers' peak memory rises, what `body` returned)"""
     for q in jobs:
         q.put((what, header))
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     out = body()
     group.broadcast_async(torch.zeros(1, device=group.device)).wait()
-    return time.perf_counter() - start, out
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
+    received = [reports.get() for _ in jobs]
+    return seconds, cpu + sum(c for c, _ in received), [p for _, p in received], out
 
 
-def measure(group, jobs, peaks, params: dict[str, Tensor], bucket_mb: float, repeats: int) -> dict[str, float]:
-    """-> median seconds of 'raw' and 'publish', seconds of the 'first' publish (fresh snapshot memory); 'send
-    peak' and worst 'recv peak' bytes of plain tensors"""
+def measure(group, jobs, reports, params: dict[str, Tensor], bucket_mb: float, repeats: int) -> dict[str, float]:
+    """-> median seconds and CPU seconds of 'raw' and 'publish', seconds of the 'first' publish (fresh snapshot
+    memory); 'send peak' and worst 'recv peak' bytes of plain tensors"""
     flat = torch.cat([t.reshape(-1) for t in params.values()])
     header = describe(params, 0, bucket_mb)
-    timed(group, jobs, "setup", header, lambda: None)
+    run = partial(timed, group, jobs, reports)
+    run("setup", header, lambda: None)
     publisher = Publisher(group, group.device)
     body = partial(publish, publisher, params, bucket_mb)
-    first, _ = timed(group, jobs, "publish", header, body)
-    times: dict[str, list[float]] = {"raw": [], "publish": []}
+    first, *_ = run("publish", header, body)
+    runs: dict[str, list[tuple[float, float]]] = {"raw": [], "publish": []}
     for _ in range(repeats):
-        times["raw"].append(timed(group, jobs, "raw", header, lambda: group.broadcast_async(flat).wait())[0])
-        times["publish"].append(timed(group, jobs, "publish", header, body)[0])
+        runs["raw"].append(run("raw", header, lambda: group.broadcast_async(flat).wait())[:2])
+        runs["publish"].append(run("publish", header, body)[:2])
     publisher.close()
-    _, send_peak = timed(group, jobs, "plain", header, partial(plain_send_peak, group, params, header))
-    recv_peak = max(peaks.get() for _ in jobs)
-    return {k: statistics.median(v) for k, v in times.items()} | {
-        "first": first,
-        "send peak": send_peak,
-        "recv peak": recv_peak,
-    }
+    _, _, recv_peaks, send_peak = run("plain", header, partial(plain_send_peak, group, params, header))
+    medians = {k: statistics.median(s for s, _ in v) for k, v in runs.items()}
+    cpu = {f"{k} cpu": statistics.median(c for _, c in v) for k, v in runs.items()}
+    return medians | cpu | {"first": first, "send peak": send_peak, "recv peak": max(recv_peaks)}
 
 
 def main() -> None:
@@ -199,9 +201,9 @@ def main() -> None:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     ctx = mp.get_context("spawn")
-    jobs, peaks = [ctx.Queue() for _ in range(RECEIVERS)], ctx.Queue()
+    jobs, reports = [ctx.Queue() for _ in range(RECEIVERS)], ctx.Queue()
     procs = [
-        ctx.Process(target=receiver, args=(1 + i, port, args.device, args.threads, jobs[i], peaks))
+        ctx.Process(target=receiver, args=(1 + i, port, args.device, args.threads, jobs[i], reports))
         for i in range(RECEIVERS)
     ]
     for p in procs:
@@ -216,16 +218,18 @@ def main() -> None:
     }
     print(
         f"{'set':<14} {'bucket MiB':>10} {'MB':>8} {'raw s':>8} {'publish s':>10} {'GB/s':>6} {'ratio':>6}"
-        f" {'first s':>8} {'plain send peak/bucket':>23} {'plain recv peak/bucket':>23}"
+        f" {'raw CPU s':>9} {'publish CPU s':>13} {'CPU ratio':>9} {'first s':>8}"
+        f" {'plain send peak/bucket':>23} {'plain recv peak/bucket':>23}"
     )
     for name, params in sets.items():
         nbytes = sum(t.numel() * t.element_size() for t in params.values())
         for bucket_mb in args.buckets_mb if nbytes > 2**20 else args.buckets_mb[:1]:
-            m = measure(group, jobs, peaks, params, bucket_mb, args.repeats)
+            m = measure(group, jobs, reports, params, bucket_mb, args.repeats)
             bucket = bucket_mb * 2**20
             print(
                 f"{name:<14} {bucket_mb:>10g} {nbytes / 1e6:>8.2f} {m['raw']:>8.4f} {m['publish']:>10.4f}"
-                f" {nbytes / m['publish'] / 1e9:>6.2f} {m['raw'] / m['publish']:>6.2f} {m['first']:>8.4f}"
+                f" {nbytes / m['publish'] / 1e9:>6.2f} {m['raw'] / m['publish']:>6.2f} {m['raw cpu']:>9.3f}"
+                f" {m['publish cpu']:>13.3f} {m['raw cpu'] / m['publish cpu']:>9.2f} {m['first']:>8.4f}"
                 f" {m['send peak'] / bucket:>23.2f} {m['recv peak'] / bucket:>23.2f}"
             )
     for q in jobs:
