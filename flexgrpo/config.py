@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from omegaconf import MISSING, OmegaConf
+from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 SAMPLER_KINDS = ("cps", "dance", "ode", "sde")
@@ -21,6 +21,9 @@ WANDB_MODES = ("disabled", "offline", "online")
 REFERENCE_PLACEMENTS = ("cpu", "gpu", "none")
 SYNC_SNAPSHOTS = ("cpu", "device")
 DEFAULT_RECIPE = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
+
+
+MAX_JUDGE_RETRIES = 255  # a judge request reserves 256 sampling seeds: its own, then one per retry
 
 
 class ConfigError(ValueError):
@@ -125,7 +128,7 @@ class RewardSpec:
     api_key_env: str = "OPENAI_API_KEY"  # http backend: environment variable holding the key
     max_concurrency: int = 16  # http backend: requests in flight
     timeout_s: float = 120.0  # http backend: per-request timeout
-    max_retries: int = 2  # retries of a failed or garbled judgement before it counts as a tie
+    max_retries: int = 2  # retries of a failed or garbled judgement before it counts as a tie (at most 255)
     max_new_tokens: int = 4096  # judge reply length (the authors' max_tokens; Flex writes its winner last)
     protocol: str = "official"  # judges: official (the authors' reply reading and reward rule) or robust (lenient)
     temperature: float | None = None  # judges: null uses the model's generation defaults (as served); 0: greedy
@@ -218,12 +221,27 @@ def load_config(recipe: str | Path | None = None, overrides: list[str] | tuple[s
     schema = OmegaConf.structured(Config)
     try:
         merged = OmegaConf.merge(schema, OmegaConf.load(path))
-        merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(list(overrides)))
     except OmegaConfBaseException as err:
         raise ConfigError(_explain(err, path)) from None
+    for item in overrides:
+        _override(merged, item)
     cfg: Config = OmegaConf.to_object(merged)  # type: ignore[assignment]
     validate(cfg)
     return cfg
+
+
+def _override(cfg: DictConfig, item: str) -> None:
+    """Apply one `key=value` override (YAML value; a key may index a list: `rewards.0.weight=2`)."""
+    key, eq, text = item.partition("=")
+    if not eq or not key:
+        raise ConfigError(f"override {item!r} is not key=value")
+    value = OmegaConf.to_container(OmegaConf.from_dotlist([f"value={text}"]))["value"]
+    try:
+        OmegaConf.update(cfg, key, value, merge=True)
+    except OmegaConfBaseException as err:
+        raise ConfigError(f"override {item!r}: " + _explain(err, None)) from None
+    except (TypeError, IndexError) as err:  # a list indexed by a name or past its end
+        raise ConfigError(f"override {item!r}: no config key {key!r} ({err})") from None
 
 
 def config_from_dict(data: dict) -> Config:
@@ -354,7 +372,11 @@ def _validate_rewards(cfg: Config) -> None:
         _positive(f"rewards[{i}].weight", spec.weight, allow_zero=True)
         _positive(f"rewards[{i}].max_concurrency", spec.max_concurrency)
         _positive(f"rewards[{i}].timeout_s", spec.timeout_s)
-        _positive(f"rewards[{i}].max_retries", spec.max_retries, allow_zero=True)
+        if not 0 <= spec.max_retries <= MAX_JUDGE_RETRIES:
+            raise ConfigError(
+                f"rewards[{i}].max_retries must be in [0, {MAX_JUDGE_RETRIES}] (a judge request's retries take the "
+                f"sampling seeds after its own, {MAX_JUDGE_RETRIES + 1} per request), got {spec.max_retries}"
+            )
         _positive(f"rewards[{i}].max_new_tokens", spec.max_new_tokens)
         _one_of(f"rewards[{i}].protocol", spec.protocol, JUDGE_PROTOCOLS)
         if spec.temperature is not None:

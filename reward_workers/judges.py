@@ -19,7 +19,7 @@ from functools import partial
 import numpy as np
 import torch
 
-from flexgrpo.config import RewardSpec
+from flexgrpo.config import MAX_JUDGE_RETRIES, RewardSpec
 from flexgrpo.records import MediaGroup
 from reward_workers.backends import Generation, JudgeBackend, JudgeRequest
 from reward_workers.base import RewardOutput
@@ -97,11 +97,11 @@ def request_seeds(judge: str, group_id: str, count: int) -> list[int]:
     judged again (a resume, a restarted reward worker) samples the same replies, in any batch."""
     digest = hashlib.blake2b(f"{judge}/{group_id}".encode(), digest_size=8).digest()
     first = int.from_bytes(digest, "little") >> 33  # 31 bits; a request's retries add up to 255 to its seed
-    return [first + (index << 8) for index in range(count)]
+    return [first + index * (MAX_JUDGE_RETRIES + 1) for index in range(count)]
 
 
 def _reseeded(request: JudgeRequest, attempt: int) -> JudgeRequest:
-    """A retry samples anew: the seed moves by the attempt (retries stay below 256)."""
+    """A retry samples anew: the seed moves by the attempt (at most MAX_JUDGE_RETRIES)."""
     return request if request.seed is None or not attempt else replace(request, seed=request.seed + attempt)
 
 

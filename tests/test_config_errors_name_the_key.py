@@ -30,6 +30,9 @@ from tests.conftest import tiny_config
         ("learner.sync_snapshot=disk", r"learner.sync_snapshot must be one of \['cpu', 'device'\]"),
         ("learner.ema_decay=1.0", r"learner.ema_decay must be in \[0, 1\)"),
         ("learner.sync_bucket_mb=0", r"learner.sync_bucket_mb must be > 0"),
+        ("rewards.0.max_retries=256", r"rewards\[0\].max_retries must be in \[0, 255\]"),
+        ("rewards.x.weight=2", r"override 'rewards.x.weight=2': no config key 'rewards.x.weight'"),
+        ("sampler.steps=4", r"override 'sampler.steps=4': unknown config key 'sampler.steps'"),
     ],
 )
 def test_bad_override_names_the_key(override, message):
@@ -94,6 +97,8 @@ def test_prompt_file_errors_name_the_file(tmp_path):
 
 
 def test_the_default_recipe_loads_and_overrides_apply():
-    cfg = tiny_config("grpo.group_size=4", "rewards=[{name: jpeg_incompressibility, weight: 2.0}]")
+    cfg = tiny_config(
+        "grpo.group_size=4", "rewards=[{name: jpeg_incompressibility, weight: 1.0}]", "rewards.0.weight=2"
+    )
     assert cfg.policy.family == "sd3" and cfg.grpo.group_size == 4
     assert cfg.rewards[0].name == "jpeg_incompressibility" and cfg.rewards[0].weight == 2.0
