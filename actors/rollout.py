@@ -125,8 +125,14 @@ def sample_group(
     # 4. denoise, keeping x, x' and the log-prob at every step some sample trains on (on the device: one copy
     #    to the host at the end, no synchronising copy inside the loop)
     steps = _denoise(
-        policy, x, sigmas, text, cfg.guidance_scale, step_fns,
-        noise_level=cfg.noise_level, generators=generators,
+        policy,
+        x,
+        sigmas,
+        text,
+        cfg.guidance_scale,
+        step_fns,
+        noise_level=cfg.noise_level,
+        generators=generators,
     )
     for j, x_j, out in steps:
         if (trained == j).any():
@@ -171,7 +177,13 @@ def sample_eval_group(
     x = _initial_noise(policy, generators)  # [G, *latent]
     sigmas = policy.schedule(cfg.eval_num_steps)  # [T + 1]
     steps = _denoise(
-        policy, x, sigmas, text, cfg.guidance_scale, [ode_step] * cfg.eval_num_steps, noise_level=0.0,
+        policy,
+        x,
+        sigmas,
+        text,
+        cfg.guidance_scale,
+        [ode_step] * cfg.eval_num_steps,
+        noise_level=0.0,
         generators=None,
     )
     _, _, last = deque(steps, maxlen=1)[0]  # run every step, keep only the last

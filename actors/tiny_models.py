@@ -177,7 +177,11 @@ def build_tiny_flux(path: Path) -> None:
         axes_dims_rope=(4, 6, 6),  # sums to attention_head_dim
     )
     scheduler = FlowMatchEulerDiscreteScheduler(
-        shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15, base_image_seq_len=256,
+        shift=3.0,
+        use_dynamic_shifting=True,
+        base_shift=0.5,
+        max_shift=1.15,
+        base_image_seq_len=256,
         max_image_seq_len=4096,
     )  # FLUX.1-dev's scheduler config
     pipe = FluxPipeline(
@@ -206,8 +210,12 @@ def build_tiny_wan_vae(z_dim: int):
 
     torch.manual_seed(1)
     vae = AutoencoderKLWan(
-        base_dim=8, z_dim=z_dim, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
-        latents_mean=[0.0] * z_dim, latents_std=[1.0] * z_dim,
+        base_dim=8,
+        z_dim=z_dim,
+        dim_mult=[1, 1, 1, 1],
+        num_res_blocks=1,
+        latents_mean=[0.0] * z_dim,
+        latents_std=[1.0] * z_dim,
     )
     decoder = [vae.post_quant_conv, *vae.decoder.modules()]
     with torch.no_grad():

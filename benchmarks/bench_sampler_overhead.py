@@ -25,14 +25,34 @@ from flexgrpo.config import PolicyConfig, SamplerConfig
 from flexgrpo.records import PromptGroup
 
 SD35_MEDIUM = dict(
-    sample_size=128, patch_size=2, in_channels=16, out_channels=16, num_layers=24, attention_head_dim=64,
-    num_attention_heads=24, joint_attention_dim=4096, caption_projection_dim=1536, pooled_projection_dim=2048,
-    pos_embed_max_size=384, dual_attention_layers=tuple(range(13)), qk_norm="rms_norm",
+    sample_size=128,
+    patch_size=2,
+    in_channels=16,
+    out_channels=16,
+    num_layers=24,
+    attention_head_dim=64,
+    num_attention_heads=24,
+    joint_attention_dim=4096,
+    caption_projection_dim=1536,
+    pooled_projection_dim=2048,
+    pos_embed_max_size=384,
+    dual_attention_layers=tuple(range(13)),
+    qk_norm="rms_norm",
 )
 TINY = dict(
-    sample_size=8, patch_size=2, in_channels=16, out_channels=16, num_layers=2, attention_head_dim=16,
-    num_attention_heads=2, joint_attention_dim=4096, caption_projection_dim=32, pooled_projection_dim=2048,
-    pos_embed_max_size=32, dual_attention_layers=(0,), qk_norm="rms_norm",
+    sample_size=8,
+    patch_size=2,
+    in_channels=16,
+    out_channels=16,
+    num_layers=2,
+    attention_head_dim=16,
+    num_attention_heads=2,
+    joint_attention_dim=4096,
+    caption_projection_dim=32,
+    pooled_projection_dim=2048,
+    pos_embed_max_size=32,
+    dual_attention_layers=(0,),
+    qk_norm="rms_norm",
 )
 
 
@@ -48,20 +68,42 @@ def build_pipeline(transformer_config: dict, dtype: torch.dtype):
     torch.manual_seed(0)
 
     def clip(width: int):
-        return CLIPTextModelWithProjection(CLIPTextConfig(
-            vocab_size=len(tokenizer), hidden_size=width, intermediate_size=width, projection_dim=width,
-            num_hidden_layers=1, num_attention_heads=8, max_position_embeddings=77,
-            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-        ))
+        return CLIPTextModelWithProjection(
+            CLIPTextConfig(
+                vocab_size=len(tokenizer),
+                hidden_size=width,
+                intermediate_size=width,
+                projection_dim=width,
+                num_hidden_layers=1,
+                num_attention_heads=8,
+                max_position_embeddings=77,
+                bos_token_id=tokenizer.bos_token_id,
+                eos_token_id=tokenizer.eos_token_id,
+                pad_token_id=tokenizer.pad_token_id,
+            )
+        )
 
-    t5 = T5EncoderModel(T5Config(vocab_size=len(tokenizer), d_model=4096, d_kv=64, d_ff=256, num_layers=1,
-                                 num_heads=8, pad_token_id=tokenizer.pad_token_id))
+    t5 = T5EncoderModel(
+        T5Config(
+            vocab_size=len(tokenizer),
+            d_model=4096,
+            d_kv=64,
+            d_ff=256,
+            num_layers=1,
+            num_heads=8,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    )
     pipe = StableDiffusion3Pipeline(
         transformer=SD3Transformer2DModel(**transformer_config),
         scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
-        vae=build_tiny_vae(latent_channels=16), text_encoder=clip(768), tokenizer=tokenizer,
-        text_encoder_2=clip(1280), tokenizer_2=tokenizer, text_encoder_3=t5, tokenizer_3=tokenizer,
+        vae=build_tiny_vae(latent_channels=16),
+        text_encoder=clip(768),
+        tokenizer=tokenizer,
+        text_encoder_2=clip(1280),
+        tokenizer_2=tokenizer,
+        text_encoder_3=t5,
+        tokenizer_3=tokenizer,
     )
     return pipe.to(dtype=dtype)
 
@@ -85,8 +127,11 @@ def euler_loop(policy: SD3Policy, batch: int, steps: int, guidance: float) -> to
     for t in scheduler.timesteps:
         model_input = torch.cat([latents] * 2) if use_cfg else latents
         v = policy.transformer(
-            hidden_states=model_input, encoder_hidden_states=tokens, pooled_projections=pooled,
-            timestep=t.expand(model_input.shape[0]), return_dict=False,
+            hidden_states=model_input,
+            encoder_hidden_states=tokens,
+            pooled_projections=pooled,
+            timestep=t.expand(model_input.shape[0]),
+            return_dict=False,
         )[0]
         if use_cfg:
             v_cond, v_uncond = v.chunk(2)
@@ -97,10 +142,17 @@ def euler_loop(policy: SD3Policy, batch: int, steps: int, guidance: float) -> to
 
 def flexgrpo_sde(policy: SD3Policy, batch: int, steps: int, guidance: float) -> torch.Tensor:
     """flexgrpo's rollout of one group: SDE steps with log-probs, every step recorded (Flow-GRPO's 0.99)."""
-    cfg = SamplerConfig(kind="sde", noise_level=0.7, num_steps=steps, guidance_scale=guidance,
-                        train_timesteps="fraction", timestep_fraction=0.99)
-    _, media = sample_group(policy, PromptGroup("bench", "a photo of a cat", batch, seed=0), cfg,
-                            run_seed=0, policy_version=0)
+    cfg = SamplerConfig(
+        kind="sde",
+        noise_level=0.7,
+        num_steps=steps,
+        guidance_scale=guidance,
+        train_timesteps="fraction",
+        timestep_fraction=0.99,
+    )
+    _, media = sample_group(
+        policy, PromptGroup("bench", "a photo of a cat", batch, seed=0), cfg, run_seed=0, policy_version=0
+    )
     return media.media
 
 
@@ -134,8 +186,10 @@ def main() -> None:
     policy_cfg = PolicyConfig(dtype=dtype_name, height=size, width=size, max_sequence_length=tokens)
     policy = SD3Policy(policy_cfg, device, pipeline=pipe)
     params = sum(p.numel() for p in policy.transformer.parameters()) / 1e6
-    print(f"device {device}; transformer {params:.1f} M params ({dtype_name}, LoRA r32); {size} px, "
-          f"batch {batch}, {steps} steps, median of {repeats}")
+    print(
+        f"device {device}; transformer {params:.1f} M params ({dtype_name}, LoRA r32); {size} px, "
+        f"batch {batch}, {steps} steps, median of {repeats}"
+    )
 
     rows = []
     for guidance in (1.0, 4.5):

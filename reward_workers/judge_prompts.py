@@ -53,9 +53,7 @@ def flex_reply_schema(video: bool, text_chars: int | None) -> dict:
     winner = {"enum": [f"{label} 1", f"{label} 2"]}
     text: dict = {"type": "string"} | ({"maxLength": text_chars} if text_chars is not None else {})
     score = {"type": "integer", "minimum": 0, "maximum": 10}
-    dim = _closed_object(
-        {"name": text, "reason_1": text, "reason_2": text, "score_1": score, "score_2": score}
-    )
+    dim = _closed_object({"name": text, "reason_1": text, "reason_2": text, "score_1": score, "score_2": score})
     dims = {"type": "array", "items": dim, "minItems": 3, "maxItems": 5}
 
     def category(name: dict) -> dict:

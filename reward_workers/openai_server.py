@@ -51,9 +51,7 @@ def wait_until_healthy(process: subprocess.Popen, port: int, timeout_s: float = 
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(
-                f"the judge server exited with code {process.returncode} before it was healthy"
-            )
+            raise RuntimeError(f"the judge server exited with code {process.returncode} before it was healthy")
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as response:
                 if response.status == 200:

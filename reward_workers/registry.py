@@ -93,9 +93,7 @@ def check_reward_specs(specs: list[RewardSpec]) -> None:
                 "(judges: or tiny-qwen2.5-vl-judge; http backend: the served model name)"
             )
         if spec.name in JUDGES and spec.backend not in JUDGE_BACKENDS:
-            raise ConfigError(
-                f"rewards[{i}].backend must be one of {list(JUDGE_BACKENDS)}, got {spec.backend!r}"
-            )
+            raise ConfigError(f"rewards[{i}].backend must be one of {list(JUDGE_BACKENDS)}, got {spec.backend!r}")
         if spec.name in JUDGES and spec.backend == "http" and not spec.url:
             raise ConfigError(
                 f"rewards[{i}].url is required with backend http: the server's base URL, e.g. http://host:8000/v1"

@@ -120,9 +120,7 @@ class RewardWorker(Heartbeating):
         if self.hold_s:
             with self._hold:
                 time.sleep(self.hold_s)
-        return [
-            _scored(group, loaded, [outputs[g] for outputs in per_model]) for g, group in enumerate(groups)
-        ]
+        return [_scored(group, loaded, [outputs[g] for outputs in per_model]) for g, group in enumerate(groups)]
 
 
 def _scored(group: MediaGroup, loaded: _Loaded, outputs: list[RewardOutput]) -> ScoredGroup:

@@ -14,7 +14,10 @@ pytestmark = pytest.mark.slow
 def test_tiny_flex_judge_rewards_a_training_run(ray_local, tmp_path):
     G = 3
     cfg = tiny_config(
-        f"run.output_dir={tmp_path}", "run.name=flex", "run.num_steps=2", "grpo.groups_per_step=1",
+        f"run.output_dir={tmp_path}",
+        "run.name=flex",
+        "run.num_steps=2",
+        "grpo.groups_per_step=1",
         f"grpo.group_size={G}",
         "rewards=[{name: unifiedreward_flex, model: tiny-qwen2.5-vl-judge, backend: vllm, structured_output: true,"
         " structured_text_chars: 3, max_new_tokens: 2048, temperature: 0.0, protocol: robust}]",  # random text

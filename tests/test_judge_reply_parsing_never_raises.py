@@ -24,9 +24,7 @@ FLEX_REPLY = json.dumps(
         "categories": [
             {
                 "name": "A. Semantic Alignment & Accuracy",
-                "dims": [
-                    {"name": "color", "reason_1": "red", "reason_2": "pink", "score_1": 7, "score_2": 3}
-                ],
+                "dims": [{"name": "color", "reason_1": "red", "reason_2": "pink", "score_1": 7, "score_2": 3}],
                 "cat_reason": "1 follows the prompt",
                 "cat_winner": "Image 1",
             },
@@ -42,9 +40,7 @@ FLEX_REPLY = json.dumps(
         "winner": "Image 1",
     }
 )
-THINK_REPLY = (
-    "<think>The cat in the second image is red; the first is pink.</think><answer>Image 2 is better</answer>"
-)
+THINK_REPLY = "<think>The cat in the second image is red; the first is pink.</think><answer>Image 2 is better</answer>"
 POINT_REPLY = "Alignment Score (1-5): 4\nCoherence Score (1-5): 2\nStyle Score (1-5): 5"
 DIMS = ("alignment", "coherence", "style")
 
@@ -137,9 +133,7 @@ def test_pointwise_reply_forms() -> None:
     }  # clamped
     partial = parse_pointwise_reply("Alignment Score (1-5): 3\nCoherence Sc", DIMS)
     assert partial.parsed and partial.scores == {"alignment": 3}
-    assert (
-        parse_pointwise_reply("Physics Score (1-5): 4", DIMS) == PointVerdict()
-    )  # not a dimension asked for
+    assert parse_pointwise_reply("Physics Score (1-5): 4", DIMS) == PointVerdict()  # not a dimension asked for
     assert not parse_pointwise_reply("great image, 10/10", DIMS).parsed
 
 

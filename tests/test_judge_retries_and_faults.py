@@ -27,9 +27,7 @@ from reward_workers.backends import Generation, HttpBackend, JudgeRequest, jpeg_
 from reward_workers.judges import FLEX, THINK, PairwiseJudge, PointwiseJudge, sample_frames
 from reward_workers.registry import build_reward, check_reward_specs
 
-GOOD_FLEX = json.dumps(
-    {"categories": [{"name": n, "cat_winner": "Image 1"} for n in "ABC"], "winner": "Image 1"}
-)
+GOOD_FLEX = json.dumps({"categories": [{"name": n, "cat_winner": "Image 1"} for n in "ABC"], "winner": "Image 1"})
 GOOD_THINK = "<think>ok</think><answer>Image 1 is better</answer>"
 
 
@@ -173,9 +171,7 @@ def test_structured_output_constraints_follow_the_spec() -> None:
     PairwiseJudge(backend, spec(structured_output=False), FLEX).score(media_group(2))
     think, flex, free = (g for _, g in backend.calls[:1] + backend.calls[1:2] + backend.calls[-1:])
     assert think.regex is not None and "{0,7}" in think.regex and think.json_schema is None
-    assert flex.json_schema is not None and flex.json_schema["properties"]["winner"] == {
-        "enum": ["Image 1", "Image 2"]
-    }
+    assert flex.json_schema is not None and flex.json_schema["properties"]["winner"] == {"enum": ["Image 1", "Image 2"]}
     assert flex.max_new_tokens == 33
     assert free.json_schema is None and free.regex is None
 
@@ -221,9 +217,7 @@ class FaultServer:
                     self.send_response(500)
                     self.end_headers()
                     return
-                reply = (
-                    {"choices": [{"message": {"content": GOOD_THINK}}]} if owner.mode == "ok" else {"oops": 1}
-                )
+                reply = {"choices": [{"message": {"content": GOOD_THINK}}]} if owner.mode == "ok" else {"oops": 1}
                 payload = json.dumps(reply).encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")

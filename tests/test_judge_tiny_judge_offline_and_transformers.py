@@ -39,9 +39,7 @@ def test_tokenizer_and_chat_template() -> None:
     processor = AutoProcessor.from_pretrained(tiny_judge_path())
     tokenizer = processor.tokenizer
     for token in SPECIAL_TOKENS:
-        assert tokenizer.convert_tokens_to_ids(tokenizer.tokenize(token)) == [
-            tokenizer.convert_tokens_to_ids(token)
-        ]
+        assert tokenizer.convert_tokens_to_ids(tokenizer.tokenize(token)) == [tokenizer.convert_tokens_to_ids(token)]
     content = [{"type": "text", "text": "which?"}, {"type": "image"}, {"type": "image_url"}]
     text = processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True)
     vision = "<|vision_start|><|image_pad|><|vision_end|>"
@@ -62,9 +60,7 @@ def test_transformers_backend_replies_and_garbage_becomes_counted_ties() -> None
         name="unifiedreward_think", model=TINY_JUDGE, backend="transformers", max_new_tokens=12, max_retries=1
     )
     judge = build_reward(spec)
-    media = torch.randint(
-        0, 256, (3, 64, 64, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0)
-    )
+    media = torch.randint(0, 256, (3, 64, 64, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     out = judge.score(MediaGroup(group_id="g", prompt="a red cat", policy_version=0, media=media))
     judge.close()
     assert out.unparsed == 3 and out.requests == 6
@@ -75,9 +71,7 @@ def test_transformers_backend_replies_and_garbage_becomes_counted_ties() -> None
 def test_other_judges_on_transformers(name: str) -> None:
     spec = RewardSpec(name=name, model=TINY_JUDGE, backend="transformers", max_new_tokens=4, max_retries=0)
     judge = build_reward(spec)
-    media = torch.randint(
-        0, 256, (2, 3, 64, 64, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(1)
-    )
+    media = torch.randint(0, 256, (2, 3, 64, 64, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
     out = judge.score(MediaGroup(group_id="v", prompt="a red cat", policy_version=0, media=media))
     judge.close()
     assert out.rewards.shape == (2,) and out.unparsed == out.requests

@@ -50,9 +50,7 @@ def test_flex_rewards_by_hand() -> None:
 
 
 def test_robust_counts_categories_a_b_c_only_and_video_weights_are_equal() -> None:
-    with_d = [
-        Comparison(0, 1, parse_flex_reply(flex_reply("Image 1", "Image 1", "Image 1", "Image 1", d="Image 2")))
-    ]
+    with_d = [Comparison(0, 1, parse_flex_reply(flex_reply("Image 1", "Image 1", "Image 1", "Image 1", d="Image 2")))]
     rates = robust(2, with_d)
     assert set(rates.per_category) == {"A", "B", "C"}  # D is not one of the first three
     torch.testing.assert_close(rates.rewards, torch.tensor([1.0, 0.0]))
@@ -66,9 +64,7 @@ def test_robust_counts_categories_a_b_c_only_and_video_weights_are_equal() -> No
 def test_think_win_rates_and_uncompared_samples() -> None:
     replies = {(0, 1): "<answer>Image 2 is better</answer>", (1, 2): "<answer>Image 1 is better</answer>"}
     comparisons = [Comparison(i, j, parse_think_reply(text)) for (i, j), text in replies.items()]
-    torch.testing.assert_close(
-        win_rates(4, comparisons), torch.tensor([0.0, 1.0, 0.0, 0.5])
-    )  # 3: never judged
+    torch.testing.assert_close(win_rates(4, comparisons), torch.tensor([0.0, 1.0, 0.0, 0.5]))  # 3: never judged
 
 
 def test_both_orders_cancel_a_position_biased_judge() -> None:

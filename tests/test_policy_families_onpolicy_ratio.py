@@ -16,13 +16,16 @@ from tests.conftest import copy_weights, scored, tiny_config
 FAMILIES = {
     "sd3": ("policy.family=sd3", "policy.model=tiny-sd3"),
     "flux": ("policy.family=flux", "policy.model=tiny-flux"),
-    "wan": ("policy.family=wan", "policy.model=tiny-wan", "policy.num_frames=5", "policy.height=32",
-            "policy.width=32"),
+    "wan": ("policy.family=wan", "policy.model=tiny-wan", "policy.num_frames=5", "policy.height=32", "policy.width=32"),
 }
 SAMPLERS = {
     "sde-cfg": ("sampler.kind=sde", "sampler.noise_level=0.7", "sampler.guidance_scale=4.5"),
-    "cps-window": ("sampler.kind=cps", "sampler.noise_level=0.8", "sampler.train_timesteps=window",
-                   "sampler.window_size=2"),
+    "cps-window": (
+        "sampler.kind=cps",
+        "sampler.noise_level=0.8",
+        "sampler.train_timesteps=window",
+        "sampler.window_size=2",
+    ),
     "dance": ("sampler.kind=dance", "sampler.noise_level=0.3", "learner.zero_stage=0"),
 }
 # With LoRA the learner keeps DeepSpeed's mixed precision off (the adapters train in fp32 beside the bf16 base),
@@ -32,8 +35,14 @@ BF16_BOUND = 1e-5
 
 
 def family_config(family: str, *overrides: str):
-    return tiny_config("grpo.group_size=4", "grpo.groups_per_step=1", "sampler.num_steps=4",
-                       "sampler.eval_num_steps=6", *FAMILIES[family], *overrides)
+    return tiny_config(
+        "grpo.group_size=4",
+        "grpo.groups_per_step=1",
+        "sampler.num_steps=4",
+        "sampler.eval_num_steps=6",
+        *FAMILIES[family],
+        *overrides,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -68,8 +77,11 @@ def _media_shape(cfg, n: int) -> tuple[int, ...]:
 def test_recorded_logprob_equals_learner_density_fp32(family, sampler, worker):
     cfg = family_config(family, *SAMPLERS[sampler])
     trajectory, media = sample_group(
-        worker(family).policy, PromptGroup("g0", "a red cat on a blue sky", 4, seed=11), cfg.sampler,
-        run_seed=0, policy_version=0,
+        worker(family).policy,
+        PromptGroup("g0", "a red cat on a blue sky", 4, seed=11),
+        cfg.sampler,
+        run_seed=0,
+        policy_version=0,
     )
     assert trajectory.sampler == cfg.sampler.kind and trajectory.log_probs.shape[0] == 4
     assert media.media.shape == _media_shape(cfg, 4) and media.media.dtype == torch.uint8

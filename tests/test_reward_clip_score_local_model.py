@@ -45,9 +45,7 @@ def clip_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("tiny-clip")
     CLIPModel(config).eval().save_pretrained(path)
     tokenizer.save_pretrained(path)
-    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(
-        path
-    )
+    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(path)
     return path
 
 
@@ -66,9 +64,7 @@ def test_clip_score_of_images(clip_path: Path) -> None:
     assert out.rewards[0] == pytest.approx(out.rewards[2].item())  # same image, same score
     assert out.rewards[0] != pytest.approx(out.rewards[1].item())
     torch.testing.assert_close(reward.score(group).rewards, out.rewards)  # deterministic
-    other_prompt = reward.score(
-        MediaGroup(group_id="g", prompt="a blue tree house", policy_version=0, media=images)
-    )
+    other_prompt = reward.score(MediaGroup(group_id="g", prompt="a blue tree house", policy_version=0, media=images))
     assert not torch.allclose(other_prompt.rewards, out.rewards)
     reward.close()
 
@@ -78,12 +74,8 @@ def test_clip_score_of_videos_is_the_mean_over_frames(clip_path: Path) -> None:
     images = media((2, 32, 32, 3), seed=1)
     still = images[:, None].expand(2, 6, 32, 32, 3).contiguous()  # a video whose frames never change
     prompt = "a dog on the sea"
-    video_scores = reward.score(
-        MediaGroup(group_id="v", prompt=prompt, policy_version=0, media=still)
-    ).rewards
-    image_scores = reward.score(
-        MediaGroup(group_id="i", prompt=prompt, policy_version=0, media=images)
-    ).rewards
+    video_scores = reward.score(MediaGroup(group_id="v", prompt=prompt, policy_version=0, media=still)).rewards
+    image_scores = reward.score(MediaGroup(group_id="i", prompt=prompt, policy_version=0, media=images)).rewards
     torch.testing.assert_close(video_scores, image_scores)
     reward.close()
 

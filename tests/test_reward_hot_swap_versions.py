@@ -17,9 +17,7 @@ JPEG = [RewardSpec(name="jpeg_compressibility")]
 
 
 def media_group(index: int) -> MediaGroup:
-    media = torch.randint(
-        0, 256, (3, 32, 32, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(index)
-    )
+    media = torch.randint(0, 256, (3, 32, 32, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(index))
     return MediaGroup(group_id=f"s0-g{index}", prompt="a red cat", policy_version=index // 2, media=media)
 
 
@@ -43,10 +41,7 @@ def test_groups_carry_the_version_that_scored_them() -> None:
     scored: list[ScoredGroup] = []
     for index in range(6):
         if index == 3:
-            assert (
-                worker.swap([RewardSpec(name="jpeg_incompressibility", weight=0.5), dead_judge_spec()], 1)
-                == 1
-            )
+            assert worker.swap([RewardSpec(name="jpeg_incompressibility", weight=0.5), dead_judge_spec()], 1) == 1
         scored.append(worker.score(media_group(index)))
     assert [s.reward_version for s in scored] == [0, 0, 0, 1, 1, 1]
     assert [s.policy_version for s in scored] == [0, 0, 1, 1, 2, 2]

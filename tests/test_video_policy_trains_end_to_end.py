@@ -14,9 +14,15 @@ from tests.conftest import copy_weights, tiny_config
 
 def test_tiny_wan_trains_grpo_steps_and_its_lora_moves():
     cfg = tiny_config(
-        "policy.family=wan", "policy.model=tiny-wan", "policy.num_frames=5",
-        "policy.height=32", "policy.width=32",
-        "grpo.group_size=4", "grpo.groups_per_step=2", "sampler.num_steps=4", "sampler.eval_num_steps=6",
+        "policy.family=wan",
+        "policy.model=tiny-wan",
+        "policy.num_frames=5",
+        "policy.height=32",
+        "policy.width=32",
+        "grpo.group_size=4",
+        "grpo.groups_per_step=2",
+        "sampler.num_steps=4",
+        "sampler.eval_num_steps=6",
         "learner.lr=0.05",
     )
     rollout = RolloutWorker(cfg.policy, cfg.sampler, run_seed=cfg.run.seed)
