@@ -167,24 +167,30 @@ def timed(group: WeightSyncGroup, jobs: list[mp.Queue], reports: mp.Queue, what:
 
 
 def measure(group, jobs, reports, params: dict[str, Tensor], bucket_mb: float, repeats: int) -> dict[str, float]:
-    """-> median seconds and CPU seconds of 'raw' and 'publish', seconds of the 'first' publish (fresh snapshot
-    memory); 'send peak' and worst 'recv peak' bytes of plain tensors"""
+    """-> median seconds and CPU seconds of 'raw', 'publish' (whole snapshots) and 'ring' (`sync_snapshot:
+    none`: a ring of two buckets); seconds of the 'first' publish (fresh snapshot memory); peak memory bytes
+    of the first ring publish ('ring peak'), of `send` and of the worst `receive` of plain tensors"""
     flat = torch.cat([t.reshape(-1) for t in params.values()])
     header = describe(params, 0, bucket_mb)
     run = partial(timed, group, jobs, reports)
     run("setup", header, lambda: None)
-    publisher = Publisher(group, group.device)
-    body = partial(publish, publisher, params, bucket_mb)
-    first, *_ = run("publish", header, body)
-    runs: dict[str, list[tuple[float, float]]] = {"raw": [], "publish": []}
+    publishers = {"publish": Publisher(group, group.device), "ring": Publisher(group, group.device, slots=2)}
+    bodies = {mode: partial(publish, p, params, bucket_mb) for mode, p in publishers.items()}
+    first, *_ = run("publish", header, bodies["publish"])
+    with PeakMemory(group.device) as ring_peak:
+        run("publish", header, bodies["ring"])
+    runs: dict[str, list[tuple[float, float]]] = {"raw": [], "publish": [], "ring": []}
     for _ in range(repeats):
         runs["raw"].append(run("raw", header, lambda: group.broadcast_async(flat).wait())[:2])
-        runs["publish"].append(run("publish", header, body)[:2])
-    publisher.close()
+        for mode, body in bodies.items():
+            runs[mode].append(run("publish", header, body)[:2])
+    for publisher in publishers.values():
+        publisher.close()
     _, _, recv_peaks, send_peak = run("plain", header, partial(plain_send_peak, group, params, header))
     medians = {k: statistics.median(s for s, _ in v) for k, v in runs.items()}
     cpu = {f"{k} cpu": statistics.median(c for _, c in v) for k, v in runs.items()}
-    return medians | cpu | {"first": first, "send peak": send_peak, "recv peak": max(recv_peaks)}
+    peaks = {"ring peak": ring_peak.rise, "send peak": send_peak, "recv peak": max(recv_peaks)}
+    return medians | cpu | peaks | {"first": first}
 
 
 def main() -> None:
@@ -216,22 +222,31 @@ def main() -> None:
         "tiny LoRA": {n: t.to(device) for n, t in tiny_lora().items()},
         "random 566 MB": {f"blocks.{i}.weight": torch.randn(3072, 3072, generator=g).to(device) for i in range(15)},
     }
-    print(
-        f"{'set':<14} {'bucket MiB':>10} {'MB':>8} {'raw s':>8} {'publish s':>10} {'GB/s':>6} {'ratio':>6}"
-        f" {'raw CPU s':>9} {'publish CPU s':>13} {'CPU ratio':>9} {'first s':>8}"
-        f" {'plain send peak/bucket':>23} {'plain recv peak/bucket':>23}"
-    )
+    columns = {  # header: (width, format of a row's measurements m, the set's bytes n, the bucket's bytes b)
+        "set": (14, None),
+        "bucket MiB": (10, None),
+        "MB": (8, lambda m, n, b: f"{n / 1e6:.2f}"),
+        "raw s": (8, lambda m, n, b: f"{m['raw']:.4f}"),
+        "publish s": (10, lambda m, n, b: f"{m['publish']:.4f}"),
+        "GB/s": (6, lambda m, n, b: f"{n / m['publish'] / 1e9:.2f}"),
+        "ratio": (6, lambda m, n, b: f"{m['raw'] / m['publish']:.2f}"),
+        "ring s": (8, lambda m, n, b: f"{m['ring']:.4f}"),
+        "ring ratio": (10, lambda m, n, b: f"{m['raw'] / m['ring']:.2f}"),
+        "raw CPU s": (9, lambda m, n, b: f"{m['raw cpu']:.3f}"),
+        "publish CPU s": (13, lambda m, n, b: f"{m['publish cpu']:.3f}"),
+        "first s": (8, lambda m, n, b: f"{m['first']:.4f}"),
+        "ring peak/bucket": (16, lambda m, n, b: f"{m['ring peak'] / b:.2f}"),
+        "plain send peak/bucket": (22, lambda m, n, b: f"{m['send peak'] / b:.2f}"),
+        "plain recv peak/bucket": (22, lambda m, n, b: f"{m['recv peak'] / b:.2f}"),
+    }
+    print(" ".join(f"{name:>{width}}" for name, (width, _) in columns.items()))
     for name, params in sets.items():
         nbytes = sum(t.numel() * t.element_size() for t in params.values())
         for bucket_mb in args.buckets_mb if nbytes > 2**20 else args.buckets_mb[:1]:
             m = measure(group, jobs, reports, params, bucket_mb, args.repeats)
-            bucket = bucket_mb * 2**20
-            print(
-                f"{name:<14} {bucket_mb:>10g} {nbytes / 1e6:>8.2f} {m['raw']:>8.4f} {m['publish']:>10.4f}"
-                f" {nbytes / m['publish'] / 1e9:>6.2f} {m['raw'] / m['publish']:>6.2f} {m['raw cpu']:>9.3f}"
-                f" {m['publish cpu']:>13.3f} {m['raw cpu'] / m['publish cpu']:>9.2f} {m['first']:>8.4f}"
-                f" {m['send peak'] / bucket:>23.2f} {m['recv peak'] / bucket:>23.2f}"
-            )
+            cells = [f"{name:>14}", f"{bucket_mb:>10g}"]
+            cells += [f"{cell(m, nbytes, bucket_mb * 2**20):>{w}}" for w, cell in list(columns.values())[2:]]
+            print(" ".join(cells))
     for q in jobs:
         q.put(None)
     for proc in procs:

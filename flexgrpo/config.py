@@ -19,7 +19,7 @@ REWARD_COMBINE = ("advantage", "gdpo", "sum")
 JUDGE_PROTOCOLS = ("official", "robust")
 WANDB_MODES = ("disabled", "offline", "online")
 REFERENCE_PLACEMENTS = ("cpu", "gpu", "none")
-SYNC_SNAPSHOTS = ("cpu", "device")
+SYNC_SNAPSHOTS = ("cpu", "device", "none")
 DEFAULT_RECIPE = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
 
 
@@ -154,7 +154,9 @@ class LearnerConfig:
     reference: str = "gpu"  # full fine-tune, kl_beta > 0: frozen copy on the device (gpu), CPU via ZeRO-3 (cpu), none
     ema_decay: float = 0.0  # EMA of the trained weights, used for evaluation and export (0: off; e.g. 0.999)
     sync_bucket_mb: float = 128.0  # weight sync: MiB per broadcast bucket (each side holds at most two)
-    sync_snapshot: str = "device"  # rank 0 copies what it sends to its device or to cpu memory (for large policies)
+    # what rank 0 sends from: a whole copy on its device or in cpu memory (training goes on at once), or none:
+    # two buckets of device memory, refilled as they leave (a publish waits for the broadcast; for large policies)
+    sync_snapshot: str = "device"
 
 
 @dataclass

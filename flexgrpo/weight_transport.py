@@ -83,15 +83,27 @@ def describe(params: Mapping[str, Tensor], version: int, bucket_mb: float) -> We
     )
 
 
-def bucket_views(header: WeightUpdate, device: torch.device, pin_memory: bool = False) -> dict[str, Tensor]:
+def bucket_views(
+    header: WeightUpdate, device: torch.device, pin_memory: bool = False, slots: int | None = None
+) -> dict[str, Tensor]:
     """Tensors named and shaped as `header` says, views into one flat tensor per bucket, so that `send` and
-    `receive` move each bucket with no packing copy (e.g. the learner's snapshot, a worker's staging copy)."""
+    `receive` move each bucket with no packing copy (e.g. the learner's snapshot, a worker's staging copy).
+
+    slots: a ring instead of a whole copy: bucket b lies in buffer b % slots of `slots` buffers of the largest
+    bucket, so the views of different buckets share memory. Fill it through a `BucketsReady(slots)`, which lets
+    a bucket be written only once the bucket before it in that buffer is off the wire."""
+    rings = [
+        torch.empty(header.max_bucket_bytes(), dtype=torch.uint8, device=device, pin_memory=pin_memory)
+        for _ in range(slots or 0)
+    ]
     views: dict[str, Tensor] = {}
-    for start, end in header.bucket_ranges():
-        shapes = [torch.Size(s) for s in header.shapes[start:end]]
-        flat = torch.empty(
-            sum(s.numel() for s in shapes), dtype=_dtype(header, start), device=device, pin_memory=pin_memory
-        )
+    for b, (start, end) in enumerate(header.bucket_ranges()):
+        shapes, dtype = [torch.Size(s) for s in header.shapes[start:end]], _dtype(header, start)
+        numel = sum(s.numel() for s in shapes)
+        if rings:
+            flat = rings[b % len(rings)][: numel * dtype.itemsize].view(dtype)
+        else:
+            flat = torch.empty(numel, dtype=dtype, device=device, pin_memory=pin_memory)
         pieces = flat.split([s.numel() for s in shapes])
         for name, piece, shape in zip(header.names[start:end], pieces, shapes, strict=True):
             views[name] = piece.view(shape)
@@ -99,11 +111,14 @@ def bucket_views(header: WeightUpdate, device: torch.device, pin_memory: bool = 
 
 
 class BucketsReady:
-    """How far a snapshot has been filled, bucket by bucket in header order, by one thread while `send` streams
-    the filled buckets from another."""
+    """The hand-off of a snapshot between the thread that fills it, bucket by bucket in header order, and `send`
+    streaming the filled buckets from another. With `slots` the snapshot is a ring (`bucket_views(...,
+    slots)`): bucket b may be written only once bucket b - slots, in the same memory, is off the wire."""
 
-    def __init__(self) -> None:
+    def __init__(self, slots: int | None = None) -> None:
+        self.slots = slots
         self._count = 0  # buckets filled
+        self._sent = 0  # buckets off the wire (their memory may be written again)
         self._error: BaseException | None = None  # why filling stopped
         self._changed = threading.Condition()
 
@@ -126,6 +141,18 @@ class BucketsReady:
             if self._count <= b:
                 raise WeightSyncError(f"the snapshot failed before bucket {b} was filled: {self._error!r}")
 
+    def sent(self, count: int) -> None:
+        """The sender: the first `count` buckets are off the wire (or never will be: the send failed)."""
+        with self._changed:
+            self._sent = max(self._sent, count)
+            self._changed.notify_all()
+
+    def writable(self, b: int) -> None:
+        """The filler: block until bucket `b`'s memory may be written."""
+        if self.slots is not None:
+            with self._changed:
+                self._changed.wait_for(lambda: b < self._sent + self.slots)
+
 
 BucketSource = Callable[[list[str]], AbstractContextManager[Mapping[str, Tensor]]]
 """names -> a context in which those tensors are whole and readable (e.g. gathered under ZeRO-3)."""
@@ -140,6 +167,8 @@ def fill_buckets(
     part in the gathers)."""
     for b, (start, end) in enumerate(header.bucket_ranges()):
         names = header.names[start:end]
+        if ready is not None:
+            ready.writable(b)
         with source(names) as params:
             if out is not None:
                 for n in names:
@@ -153,10 +182,14 @@ class Publisher:
     the wire's layout (`bucket_views`) on the caller's thread while one sender thread streams the filled
     buckets, so versions go out in publish order. A snapshot's memory is reused by a later publish of the same
     layout once its send is done: its pages stay resident on the CPU, as CUDA's caching allocators keep device
-    and pinned memory. A send that failed is reported by `error`: the group is broken, build a new one."""
+    and pinned memory. A send that failed is reported by `error`: the group is broken, build a new one.
 
-    def __init__(self, group: WeightSyncGroup, snapshot_device: torch.device) -> None:
-        self.group, self.snapshot_device = group, snapshot_device
+    slots: snapshots are rings of that many buckets instead of whole copies (`bucket_views(..., slots)`): a
+    publish then holds `slots` buckets of memory and returns only when its last bucket is filled, which needs
+    the receivers to be receiving meanwhile."""
+
+    def __init__(self, group: WeightSyncGroup, snapshot_device: torch.device, slots: int | None = None) -> None:
+        self.group, self.snapshot_device, self.slots = group, snapshot_device, slots
         self.error: Exception | None = None  # why a send failed: the group is broken, build a new one
         self._sender = ThreadPoolExecutor(max_workers=1, thread_name_prefix="weight-sync")  # one: sends in order
         self._sends: list[Future] = []
@@ -169,7 +202,7 @@ class Publisher:
         snapshot is whole; the send goes on in the background: -> its future, done once every bucket is on the
         wire. If `fill` raises, the update goes out marked aborted (receivers raise at once) and the error
         propagates."""
-        snapshot, ready = self._snapshot(header), BucketsReady()
+        snapshot, ready = self._snapshot(header), BucketsReady(self.slots)
         self._sends = [f for f in self._sends if not f.done()]
         sending = self._sender.submit(self._send, snapshot, header, ready)
         self._sends.append(sending)
@@ -194,7 +227,7 @@ class Publisher:
         if spare is not None and _same_layout(spare[0], header):
             return spare[1]
         pin = self.snapshot_device.type == "cpu" and torch.cuda.is_available()
-        return bucket_views(header, self.snapshot_device, pin_memory=pin)
+        return bucket_views(header, self.snapshot_device, pin_memory=pin, slots=self.slots)
 
     def _send(self, snapshot: dict[str, Tensor], header: WeightUpdate, ready: BucketsReady) -> None:
         try:
@@ -220,6 +253,14 @@ def send(
     wire. When the filling fails, the remaining buckets still go out (unfilled) with a trailer marked aborted,
     so receivers raise at once instead of waiting out the group's timeout, and the group stays usable; then
     `send` raises that `WeightSyncError`."""
+    try:
+        _send(group, params, header, ready)
+    finally:  # a ring filler never waits on a send that stopped
+        if ready is not None:
+            ready.sent(len(header.bucket_ends))
+
+
+def _send(group: WeightSyncGroup, params: Mapping[str, Tensor], header: WeightUpdate, ready: BucketsReady | None):
     buffers = _BucketBuffers(header, group.device)
     trailer = _trailer(header, group.device)
     in_flight: deque[dist.Work] = deque()
@@ -227,6 +268,8 @@ def send(
     for b, (start, end) in enumerate(header.bucket_ranges()):
         if len(in_flight) == 2:
             in_flight.popleft().wait()  # frees the buffer this bucket may pack into
+            if ready is not None:
+                ready.sent(b - 1)  # bucket b - 2 is off the wire: a ring may fill bucket b into its memory
         if ready is not None and aborted is None:
             try:
                 ready.wait(b)

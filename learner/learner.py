@@ -258,13 +258,12 @@ class GRPOLearner(Heartbeating):
         """Every rank, right after `train_step`: rank 0 snapshots the trained weights into the buckets of their
         header (gathered bucket by bucket under ZeRO-3, a collective) while its sender thread already broadcasts
         the filled buckets, and returns the header once the snapshot is whole; other ranks return None.
-        Broadcasts go out strictly in publish order while training goes on. Raises if the previous broadcast
-        failed: rebuild the group with `join_weight_sync` first. ema: send the EMA of the weights instead (for
-        evaluation; the workers keep it apart from the weights they sample with)."""
-        if ema and not self.ema_decay:
-            raise ValueError("publish_weights(ema=True) needs an EMA: set learner.ema_decay > 0")
-        header = replace(describe(self._meta_params(), self.version, self.sync_bucket_mb), ema=ema)
-        publisher = self._publisher
+        Broadcasts go out strictly in publish order while training goes on. With `sync_snapshot: none` the
+        snapshot is two buckets, refilled as they leave: the receivers must already be receiving
+        (`weight_header`). Raises if the previous broadcast failed: rebuild the group with `join_weight_sync`
+        first. ema: send the EMA of the weights instead (for evaluation; the workers keep it apart from the
+        weights they sample with)."""
+        header, publisher = self._header(ema), self._publisher
         assert self.rank != 0 or publisher is not None, "join_weight_sync first"
         failed = publisher.error if publisher is not None else None
         with self._ema_swapped() if ema else nullcontext():
@@ -274,12 +273,29 @@ class GRPOLearner(Heartbeating):
                 publisher.publish(header, lambda out, ready: fill_buckets(header, self._whole, out, ready))
         if self.rank != 0:
             return None
+        self._raise_if_broken(failed)
+        return header
+
+    def weight_header(self, ema: bool = False) -> WeightUpdate:
+        """The header `publish_weights(ema)` sends next: announce it to the receivers before publishing (with
+        `sync_snapshot: none` rank 0's publish returns only once most of it is on the wire). Raises, as
+        `publish_weights` would, if the previous broadcast failed."""
+        if self.rank == 0:
+            assert self._publisher is not None, "join_weight_sync first"
+            self._raise_if_broken(self._publisher.error)
+        return self._header(ema)
+
+    def _header(self, ema: bool) -> WeightUpdate:
+        if ema and not self.ema_decay:  # raised on every rank alike
+            raise ValueError("publish_weights(ema=True) needs an EMA: set learner.ema_decay > 0")
+        return replace(describe(self._meta_params(), self.version, self.sync_bucket_mb), ema=ema)
+
+    def _raise_if_broken(self, failed: Exception | None) -> None:
         if failed is not None:
             raise RuntimeError(
                 f"the weight broadcast before v{self.version} failed ({failed!r}); "
                 "call join_weight_sync to rebuild the group"
             )
-        return header
 
     def join_weight_sync(self, host: str, port: int, world_size: int, timeout_s: float = 600) -> None:
         """Rank 0: (re)build the weight-sync group as its rank 0, after the broadcasts in flight finish or fail
@@ -287,7 +303,8 @@ class GRPOLearner(Heartbeating):
         if self._publisher is not None:
             self._publisher.close(timeout_s)
         group = WeightSyncGroup(host, port, 0, world_size, self.device, timeout_s=timeout_s)
-        self._publisher = Publisher(group, torch.device("cpu") if self.sync_snapshot == "cpu" else self.device)
+        snapshot_device = torch.device("cpu") if self.sync_snapshot == "cpu" else self.device
+        self._publisher = Publisher(group, snapshot_device, slots=2 if self.sync_snapshot == "none" else None)
 
     def trainable_state(self) -> dict[str, Tensor]:
         """A CPU copy of the trained parameters, gathered whole under ZeRO-3."""

@@ -23,23 +23,27 @@ class WeightBroadcast:
 
     def publish(self, ema: bool = False) -> WeightUpdate | None:
         """Publish the learner's current version to every rollout worker (ema: the EMA of its weights, which
-        workers keep apart for evaluation); returns once the learner has taken its snapshot (every rank takes
-        part: ZeRO-3 gathers collectively). An earlier broadcast that failed is recovered from first
-        (`on_failure`, which publishes the policy again). -> the header, or None when this broadcast failed."""
+        workers keep apart for evaluation): the workers start receiving the announced header, then the learner
+        publishes; returns once it has taken its snapshot (every rank takes part: ZeRO-3 gathers collectively).
+        An earlier broadcast that failed is recovered from first (`on_failure`, which publishes the policy
+        again). -> the header, or None when this broadcast failed."""
         from actors.rollout_worker import WEIGHTS_THREAD
 
+        learners = self.roles.learner.actors
         try:
             self.check()
-            header = ray.get([a.publish_weights.remote(ema) for a in self.roles.learner.actors])[0]
+            header = ray.get(learners[0].weight_header.remote(ema))
+            self.receiving += [  # receiving before the learner sends: a ring snapshot needs the wire to move
+                w.receive_weights.options(concurrency_group=WEIGHTS_THREAD).remote(header)
+                for w in self.roles.rollout.actors
+            ]
+            published = ray.get([a.publish_weights.remote(ema) for a in learners])[0]
         except (ray.exceptions.RayActorError, ray.exceptions.RayTaskError) as err:
             log.warning("a weight broadcast failed: %s", str(err).splitlines()[0])
             self.receiving = []
             self.on_failure(err)
             return None
-        self.receiving += [
-            w.receive_weights.options(concurrency_group=WEIGHTS_THREAD).remote(header)
-            for w in self.roles.rollout.actors
-        ]
+        assert published == header, (published, header)
         return header
 
     def check(self) -> None:

@@ -27,7 +27,7 @@ from tests.conftest import tiny_config
         ("grpo.kl_beta=0.04 policy.lora.enabled=false learner.reference=none", r"kl_beta > 0 needs a reference"),
         ("learner.reference=cpu", r"learner.reference offloads to CPU through ZeRO-3"),
         ("learner.offload=true", r"learner.offload offloads to CPU through ZeRO-3"),
-        ("learner.sync_snapshot=disk", r"learner.sync_snapshot must be one of \['cpu', 'device'\]"),
+        ("learner.sync_snapshot=disk", r"learner.sync_snapshot must be one of \['cpu', 'device', 'none'\]"),
         ("learner.ema_decay=1.0", r"learner.ema_decay must be in \[0, 1\)"),
         ("learner.sync_bucket_mb=0", r"learner.sync_bucket_mb must be > 0"),
         ("rewards.0.max_retries=256", r"rewards\[0\].max_retries must be in \[0, 255\]"),

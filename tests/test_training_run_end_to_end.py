@@ -18,7 +18,13 @@ pytestmark = pytest.mark.slow
 
 def test_run_writes_metrics_samples_lora_and_registry(ray_local, tmp_path):
     cfg = tiny_config(
-        f"run.output_dir={tmp_path}", "run.name=e2e", "run.num_steps=3", "grpo.groups_per_step=2", "grpo.group_size=4"
+        f"run.output_dir={tmp_path}",
+        "run.name=e2e",
+        "run.num_steps=3",
+        "grpo.groups_per_step=2",
+        "grpo.group_size=4",
+        "learner.sync_snapshot=none",  # published through a ring of two buckets, the LoRA in several
+        "learner.sync_bucket_mb=0.01",
     )
     summary = train(cfg)
     run_dir = tmp_path / "e2e"

@@ -225,6 +225,40 @@ def test_publishes_stream_in_order_and_reuse_only_a_snapshot_already_sent():
         assert all(torch.equal(got[n], t) for n, t in sent.items())
 
 
+def test_a_ring_of_two_buckets_streams_every_version_whole():
+    g = torch.Generator().manual_seed(1)
+    names = [f"blocks.{i}.weight" for i in range(6)]  # 6 buckets of 4 MB through 2 buckets of memory
+    versions = [{n: torch.randn(2**20, generator=g) for n in names} for _ in range(2)]
+    headers = [describe(p, version=v, bucket_mb=4) for v, p in enumerate(versions)]
+
+    def body(group: WeightSyncGroup):
+        if group.rank != 0:
+            time.sleep(0.3)  # the filler must wait for the wire before it reuses a buffer
+            into = bucket_views(headers[0], CPU)
+            got = []
+            for h in headers:
+                receive(group, h, into)
+                got.append({n: t.clone() for n, t in into.items()})
+            return got
+        publisher, memory = Publisher(group, CPU, slots=2), []
+        for h, params in zip(headers, versions, strict=True):
+
+            def fill(out, ready, h=h, params=params):
+                memory.append({t.untyped_storage().data_ptr() for t in out.values()})
+                fill_buckets(h, whole(params), out, ready)
+
+            publisher.publish(h, fill).result()
+        publisher.close()
+        return memory
+
+    results = run_ranks(3, body)
+    assert not any(isinstance(r, Exception) for r in results), results
+    assert [len(m) for m in results[0]] == [2, 2]  # the snapshot: two buffers, not a copy of every bucket
+    for received in results[1:]:
+        for got, sent in zip(received, versions, strict=True):
+            assert all(torch.equal(got[n], t) for n, t in sent.items())
+
+
 def test_receiving_another_version_fails_loudly():
     sent = model_params(0)
     header = describe(sent, version=5, bucket_mb=0.01)

@@ -1,7 +1,7 @@
 """Full fine-tuning under ZeRO-3 on 2 learner ranks (Ray actors) with the frozen reference's KL, activation
-checkpointing and an EMA: after each publish (bucketed, gathered per bucket) both rollout workers hold exactly
-the learner's weights, the exported transformer is the EMA of the published versions, and the workers evaluate
-with that EMA when it is published for evaluation."""
+checkpointing and an EMA: after each publish (bucketed, gathered per bucket; from a whole snapshot or a ring
+of two buckets) both rollout workers hold exactly the learner's weights, the exported transformer is the EMA
+of the published versions, and the workers evaluate with that EMA when it is published for evaluation."""
 
 from __future__ import annotations
 
@@ -44,11 +44,24 @@ def in_threads(*calls) -> None:
         raise errors[0]
 
 
-def test_zero3_full_finetune_workers_equal_learner_after_each_publish(ray_local, tmp_path):
+def publish(ray, learners, workers, ema: bool = False):
+    """As the driver publishes: the workers receive the announced header while every rank publishes.
+    -> rank 0's header"""
+    header = ray.get(learners[0].weight_header.remote(ema))
+    publishing = [a.publish_weights.remote(ema) for a in learners]
+    in_threads(*[lambda w=w: w.receive_weights(header) for w in workers])  # receive verifies the checksum
+    published, other = ray.get(publishing)
+    assert published == header and other is None
+    return header
+
+
+@pytest.mark.parametrize("snapshot", ["device", "none"])  # a whole copy; a ring of two buckets
+def test_zero3_full_finetune_workers_equal_learner_after_each_publish(ray_local, tmp_path, snapshot):
     from diffusers import SD3Transformer2DModel
 
     ray = ray_local
     cfg = tiny_config(
+        f"learner.sync_snapshot={snapshot}",
         "policy.lora.enabled=false",
         "learner.zero_stage=3",
         "learner.lr=1e-3",
@@ -87,9 +100,8 @@ def test_zero3_full_finetune_workers_equal_learner_after_each_publish(ray_local,
         trained = ray.get([a.train_step.remote(scores, groups[r]) for r, a in enumerate(learners)])
         if step == 1:
             assert trained[0].metrics["loss/kl"] > 0  # the frozen reference and the policy now differ
-        header, other = ray.get([a.publish_weights.remote() for a in learners])
-        assert other is None and header.version == step + 1 and len(header.bucket_ends) > 3
-        in_threads(*[lambda w=w, h=header: w.receive_weights(h) for w in workers])  # receive verifies the checksum
+        header = publish(ray, learners, workers)
+        assert header.version == step + 1 and len(header.bucket_ends) > 3
         states.append(ray.get([a.trainable_state.remote() for a in learners])[0])
         assert any(not torch.equal(states[-1][n], states[-2][n]) for n in states[-1])
     for w, r in zip(workers, range(2), strict=True):
@@ -104,9 +116,8 @@ def test_zero3_full_finetune_workers_equal_learner_after_each_publish(ray_local,
         torch.testing.assert_close(exported[n].detach(), ema, rtol=1e-5, atol=1e-6)
 
     # evaluation with the EMA: published apart, sampled with, and the sampling weights left alone
-    header, _ = ray.get([a.publish_weights.remote(True) for a in learners])
+    header = publish(ray, learners, workers, ema=True)
     assert header.ema and header.version == 2
-    in_threads(*[lambda w=w, h=header: w.receive_weights(h) for w in workers])
     held = PromptGroup("eval-0", "a photo of a red cat", 2, seed=0)
     reference = RolloutWorker(cfg.policy, cfg.sampler, run_seed=0)  # samples with the exported EMA, by hand
     with torch.no_grad():
