@@ -163,8 +163,8 @@ def fill_buckets(
     header: WeightUpdate, source: BucketSource, out: Mapping[str, Tensor] | None, ready: BucketsReady | None = None
 ) -> None:
     """Copy `header`'s tensors from `source` into `out` one bucket at a time, telling `ready` as each bucket is
-    filled. With `out` None the sources are still entered bucket by bucket (a ZeRO-3 rank other than 0 takes
-    part in the gathers)."""
+    filled (and, into a ring, first waiting until the bucket's memory is off the wire). With `out` None the
+    sources are still entered bucket by bucket (a ZeRO-3 rank other than 0 takes part in the gathers)."""
     for b, (start, end) in enumerate(header.bucket_ranges()):
         names = header.names[start:end]
         if ready is not None:
