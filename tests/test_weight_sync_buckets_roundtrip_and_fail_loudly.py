@@ -185,6 +185,26 @@ def test_a_snapshot_that_fails_part_way_aborts_the_update_at_once_and_the_group_
     assert all(torch.equal(results[1][n], t) for n, t in sent.items())
 
 
+def receive_versions(group: WeightSyncGroup, headers: list[WeightUpdate], delay_s: float) -> list[dict]:
+    """A receiver that starts late: each header's version into one staging copy; -> a copy of each."""
+    time.sleep(delay_s)
+    into, got = bucket_views(headers[0], CPU), []
+    for h in headers:
+        receive(group, h, into)
+        got.append({n: t.clone() for n, t in into.items()})
+    return got
+
+
+def recording_fill(h: WeightUpdate, params: dict[str, torch.Tensor], memory: list[set[int]]):
+    """A publisher's fill of `params` that records which storages the snapshot it got lies in."""
+
+    def fill(out: dict[str, torch.Tensor], ready: BucketsReady) -> None:
+        memory.append({t.untyped_storage().data_ptr() for t in out.values()})
+        fill_buckets(h, whole(params), out, ready)
+
+    return fill
+
+
 def test_publishes_stream_in_order_and_reuse_only_a_snapshot_already_sent():
     g = torch.Generator().manual_seed(0)
     versions = [{"a": torch.randn(2**21, generator=g), "b": torch.randn(2**21, generator=g)} for _ in range(3)]
@@ -192,27 +212,13 @@ def test_publishes_stream_in_order_and_reuse_only_a_snapshot_already_sent():
 
     def body(group: WeightSyncGroup):
         if group.rank == 1:
-            time.sleep(0.5)  # v0 and v1 are both published before anything is received
-            into = bucket_views(headers[0], CPU)
-            got = []
-            for h in headers:
-                receive(group, h, into)
-                got.append({n: t.clone() for n, t in into.items()})
-            return got
+            return receive_versions(group, headers, 0.5)  # v0 and v1 are both published before it receives
         publisher, memory = Publisher(group, CPU), []
-
-        def fill(h: WeightUpdate, params: dict[str, torch.Tensor]):
-            def into(out: dict[str, torch.Tensor], ready: BucketsReady) -> None:
-                memory.append(out["a"].data_ptr())
-                fill_buckets(h, whole(params), out, ready)
-
-            return into
-
-        first = [publisher.publish(h, fill(h, p)) for h, p in zip(headers[:2], versions[:2], strict=True)]
+        first = [publisher.publish(h, recording_fill(h, versions[v], memory)) for v, h in enumerate(headers[:2])]
         assert not first[0].done()  # v1 was filled while v0 was still on the wire
         for sending in first:
             sending.result()
-        publisher.publish(headers[2], fill(headers[2], versions[2])).result()
+        publisher.publish(headers[2], recording_fill(headers[2], versions[2], memory)).result()
         publisher.close()
         return memory
 
@@ -233,21 +239,10 @@ def test_a_ring_of_two_buckets_streams_every_version_whole():
 
     def body(group: WeightSyncGroup):
         if group.rank != 0:
-            time.sleep(0.3)  # the filler must wait for the wire before it reuses a buffer
-            into = bucket_views(headers[0], CPU)
-            got = []
-            for h in headers:
-                receive(group, h, into)
-                got.append({n: t.clone() for n, t in into.items()})
-            return got
+            return receive_versions(group, headers, 0.3)  # the filler must wait for the wire to reuse a buffer
         publisher, memory = Publisher(group, CPU, slots=2), []
         for h, params in zip(headers, versions, strict=True):
-
-            def fill(out, ready, h=h, params=params):
-                memory.append({t.untyped_storage().data_ptr() for t in out.values()})
-                fill_buckets(h, whole(params), out, ready)
-
-            publisher.publish(h, fill).result()
+            publisher.publish(h, recording_fill(h, params, memory)).result()
         publisher.close()
         return memory
 
