@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The GPU checks in one go: install carried wheels (optional), run the GPU tests, run the sampler benchmark.
+# The GPU checks in one go: install carried wheels (optional), run the GPU tests, the sampler benchmark and the
+# weight-sync benchmark (gloo on the machine's cores; NCCL where there are 3 GPUs).
 #   scripts/gpu_check.sh [WHEEL_DIR]
 # WHEEL_DIR: a folder of wheels to install offline first (pip --no-index --find-links).
 set -euo pipefail
@@ -25,6 +26,9 @@ python -m pytest -m gpu -q -p no:cacheprovider tests
 
 echo "== sampler overhead: flexgrpo SDE rollout vs diffusers Euler loop, SD3.5-M size, bf16, 512 px"
 python benchmarks/bench_sampler_overhead.py
+
+echo "== weight sync over gloo, each rank on cores of its own (the dev machine's 2 cores are shared by 3 ranks)"
+python benchmarks/bench_weight_sync.py --repeats 7
 
 echo "== weight sync: bucketed publish vs a raw NCCL broadcast, 2 receivers (one rank per GPU)"
 if python -c "import sys, torch; sys.exit(torch.cuda.device_count() < 3)"; then
