@@ -39,6 +39,9 @@ class RunConfig:
     checkpoint_every: int = 0  # checkpoint every N steps (0: only at the end, on SIGTERM and on command)
     resume: bool = True  # continue from the run directory's latest checkpoint when there is one
     keep_checkpoints: int = 3  # complete checkpoints kept in the run directory (older ones are deleted)
+    # after a checkpoint, groups trained this many steps ago and before the oldest kept checkpoint leave the Redis
+    # ledger, their verdicts kept as counts for the audit: Redis stays bounded over a job of days
+    ledger_keep_steps: int = 1000
 
 
 @dataclass
@@ -305,6 +308,7 @@ def _validate_run_and_policy(cfg: Config) -> None:
     _positive("run.num_steps", cfg.run.num_steps)
     _positive("run.checkpoint_every", cfg.run.checkpoint_every, allow_zero=True)
     _positive("run.keep_checkpoints", cfg.run.keep_checkpoints)
+    _positive("run.ledger_keep_steps", cfg.run.ledger_keep_steps, allow_zero=True)
     _one_of("policy.dtype", cfg.policy.dtype, DTYPES)
     for key in ("height", "width", "num_frames", "max_sequence_length"):
         _positive(f"policy.{key}", getattr(cfg.policy, key))

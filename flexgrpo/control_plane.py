@@ -9,6 +9,9 @@ Keys of run R (all JSON or plain strings, never pickle; bulk data never goes her
   flexgrpo:run:R:groups              hash: group id -> JSON {state, worker, policy_version, reward_version, step,
                                      reason}: the ledger, the source of truth for exactly-once training
   flexgrpo:run:R:ledger_log          stream: every ledger transition (JSON in field "e"), append-only
+  flexgrpo:run:R:settled             hash: the verdicts of groups folded away by `ledger_settle`: before (step),
+                                     groups, trained, dropped:<reason> (counts)
+  flexgrpo:run:R:settled_twice       set: settled groups whose log showed more than one surviving training
   flexgrpo:run:R:commands            list of operator commands (JSON {id, op, args}), consumed in order
   flexgrpo:run:R:command_outcomes    hash: command id -> JSON {id, status, reason, time}
   flexgrpo:run:R:rejected_commands   list, newest first, at most REJECTED_KEPT: JSON {id, raw, reason, time}
@@ -27,7 +30,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -79,6 +82,7 @@ class AuditReport:
     lost: list[str] = field(default_factory=list)  # neither surviving training nor dropped, in a finished run
     pending: list[str] = field(default_factory=list)  # admitted, not trained yet, in a run that will resume
     trained_twice: list[str] = field(default_factory=list)  # more than one surviving training
+    settled: int = 0  # of all these, groups folded away by `ledger_settle` (counted, records gone)
 
     @property
     def ok(self) -> bool:
@@ -212,6 +216,29 @@ redis.call('HSET', KEYS[3], 'step', to_step, 'updated_at', ARGV[2])
 return back
 """
 
+# Fold settled groups away. KEYS: groups hash, transition log, settled hash, settled_twice set.
+# ARGV: before step, JSON [[group, [fields to count]]], JSON [log entry ids]. A group counts only when its entry
+# is deleted here, so a retry after a lost reply counts nothing twice.
+_SETTLE = """
+local verdicts, ids = cjson.decode(ARGV[2]), cjson.decode(ARGV[3])
+local settled = 0
+for _, item in ipairs(verdicts) do
+  if redis.call('HDEL', KEYS[1], item[1]) == 1 then
+    settled = settled + 1
+    redis.call('HINCRBY', KEYS[3], 'groups', 1)
+    for _, f in ipairs(item[2]) do
+      if f == 'twice' then redis.call('SADD', KEYS[4], item[1]) else redis.call('HINCRBY', KEYS[3], f, 1) end
+    end
+  end
+end
+for i = 1, #ids, 1000 do
+  redis.call('XDEL', KEYS[2], unpack(ids, i, math.min(i + 999, #ids)))
+end
+local before = tonumber(redis.call('HGET', KEYS[3], 'before') or '0')
+redis.call('HSET', KEYS[3], 'before', math.max(before, tonumber(ARGV[1])))
+return settled
+"""
+
 # The lease. KEYS: lease key, run hash. ARGV: owner JSON, ttl ms, now. Returns {1} when held by this owner now,
 # else {0, owner JSON, remaining ms, last renewal}.
 _ACQUIRE = """
@@ -256,6 +283,7 @@ class ControlPlane:
                 ("transition", _TRANSITION),
                 ("commit", _COMMIT),
                 ("rollback", _ROLLBACK),
+                ("settle", _SETTLE),
                 ("acquire", _ACQUIRE),
                 ("release", _RELEASE),
             ]
@@ -441,33 +469,58 @@ class ControlPlane:
 
     def ledger_states(self) -> dict[str, dict[str, Any]]:
         """group id -> {"state", and the fields of its transitions: worker, policy_version, reward_version,
-        step, reason}."""
+        step, reason}; settled groups are no longer here."""
         return {g: json.loads(v) for g, v in self.redis.hgetall(f"{self._key}:groups").items()}
 
     def ledger_log(self) -> list[dict[str, Any]]:
-        """Every transition ever recorded, oldest first: {group, from, to, time, and the target's fields;
-        rollback_to on a rollback}."""
-        events, start = [], "-"
+        """Every transition recorded, oldest first, but those of settled groups: {group, from, to, time, and
+        the target's fields; rollback_to on a rollback}."""
+        return [event for _, event in self._ledger_entries()]
+
+    def _ledger_entries(self) -> list[tuple[str, dict[str, Any]]]:
+        entries, start = [], "-"
         while True:
             batch = self.redis.xrange(f"{self._key}:ledger_log", start, "+", count=10_000)
-            events += [json.loads(fields["e"]) for _, fields in batch]
+            entries += [(entry_id, json.loads(fields["e"])) for entry_id, fields in batch]
             if len(batch) < 10_000:
-                return events
+                return entries
             start = "(" + batch[-1][0]
+
+    def ledger_settle(self, before_step: int) -> int:
+        """Fold away the groups whose story ended before `before_step`: trained at a step < before_step, or
+        dropped, with no surviving training at a later step. Their records and log events leave Redis; their
+        verdicts (trained, dropped by reason, trained twice) are added to the run's settled counts, which
+        `audit` adds in. This keeps Redis bounded over a job of days. Only for a step no resume goes back
+        before: at most the oldest kept checkpoint's. -> how many groups were settled"""
+        entries = self._ledger_entries()
+        surviving = _surviving(event for _, event in entries)
+        verdicts: dict[str, list[str]] = {}
+        for group, record in self.ledger_states().items():
+            kept = surviving.get(group, [])
+            over = record["state"] == "dropped" or record["state"] == "trained" and record["step"] < before_step
+            if over and all(s < before_step for s in kept):
+                fields = ["trained"] * bool(kept) + ["twice"] * (len(kept) > 1)
+                verdicts[group] = fields + ([f"dropped:{record['reason']}"] if record["state"] == "dropped" else [])
+        if not verdicts:
+            return 0
+        ids = [entry_id for entry_id, event in entries if event["group"] in verdicts]
+        keys = [f"{self._key}:{k}" for k in ("groups", "ledger_log", "settled", "settled_twice")]
+        return self._script("settle", keys, [before_step, json.dumps(list(verdicts.items())), json.dumps(ids)])
 
     def audit(self, final_step: int, *, finished: bool = True) -> AuditReport:
         """Replay the transition log (not trusting the state hash) against the weights of `final_step` (the
         number of steps in them): trainings at steps >= final_step, or undone by a rollback, do not survive.
         A group neither trained nor dropped is lost in a finished run, and pending in one that stopped (its
-        resume queues it again)."""
-        surviving: dict[str, list[int]] = {}
-        for event in self.ledger_log():
-            group = event["group"]
-            if event["to"] == "trained":
-                surviving.setdefault(group, []).append(event["step"])
-            elif "rollback_to" in event:
-                surviving[group] = [s for s in surviving.get(group, []) if s < event["rollback_to"]]
-        report = AuditReport(trained=0)
+        resume queues it again). Settled groups count with the verdicts `ledger_settle` recorded (final_step is
+        past its step, as every resume is)."""
+        surviving = _surviving(self.ledger_log())
+        settled = self.redis.hgetall(f"{self._key}:settled")
+        report = AuditReport(
+            trained=int(settled.get("trained", 0)),
+            dropped={k.removeprefix("dropped:"): int(v) for k, v in settled.items() if k.startswith("dropped:")},
+            trained_twice=sorted(self.redis.smembers(f"{self._key}:settled_twice")),
+            settled=int(settled.get("groups", 0)),
+        )
         for group, record in sorted(self.ledger_states().items()):
             kept = [s for s in surviving.get(group, []) if s < final_step]
             if record["state"] == "dropped":
@@ -477,6 +530,7 @@ class ControlPlane:
             report.trained += bool(kept)
             if len(kept) > 1:
                 report.trained_twice.append(group)
+        report.trained_twice.sort()
         return report
 
     # ---- commands -------------------------------------------------------------------------------------
@@ -557,6 +611,18 @@ class ControlPlane:
             if json.loads(fields["m"])["step"] >= step
         ]
         return self.redis.xdel(f"{self._key}:metrics", *doomed) if doomed else 0
+
+
+def _surviving(events: Iterable[dict[str, Any]]) -> dict[str, list[int]]:
+    """group -> the steps of its trainings that no later rollback undid, from the transition log."""
+    surviving: dict[str, list[int]] = {}
+    for event in events:
+        group = event["group"]
+        if event["to"] == "trained":
+            surviving.setdefault(group, []).append(event["step"])
+        elif "rollback_to" in event:
+            surviving[group] = [s for s in surviving.get(group, []) if s < event["rollback_to"]]
+    return surviving
 
 
 def _parse_beat(value: str) -> dict[str, Any]:

@@ -47,9 +47,20 @@ def write_checkpoint(run_dir: Path, state: RunState, save_roles: Callable[[Path]
     tmp = pointer.with_suffix(".tmp")
     tmp.write_text(final.name, encoding="utf-8")
     os.replace(tmp, pointer)
-    for old in sorted(p for p in final.parent.glob("step_*") if p.is_dir() and not p.name.endswith(PARTIAL))[:-keep]:
+    for old in complete_checkpoints(run_dir)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def complete_checkpoints(run_dir: Path) -> list[Path]:
+    """The run's complete checkpoint folders, oldest first."""
+    folder = run_dir / "checkpoints"
+    return sorted(p for p in folder.glob("step_*") if p.is_dir() and not p.name.endswith(PARTIAL))
+
+
+def checkpoint_step(folder: Path) -> int:
+    """The step a checkpoint folder holds (the next step to run)."""
+    return int(folder.name.removeprefix("step_"))
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:

@@ -191,6 +191,8 @@ def _print_audit(control: ControlPlane) -> int:
     if report.pending:
         print(f"groups pending:       {len(report.pending)} (queued again on resume)" + _some(report.pending))
     print(f"groups trained twice: {len(report.trained_twice)}" + _some(report.trained_twice))
+    if report.settled:
+        print(f"groups settled:       {report.settled} (counted above; their ledger records were folded away)")
     print("audit passed" if report.ok else "audit FAILED: groups lost or trained twice")
     return 0 if report.ok else 1
 

@@ -25,7 +25,13 @@ from flexgrpo.config import Config, PromptsConfig
 from flexgrpo.control_plane import ControlPlane, write_status_file
 from flexgrpo.prompts import load_prompts
 from flexgrpo.records import PromptGroup, ScoredGroup, TrainedStep
-from orchestration.checkpoints import RunState, read_run_state, write_checkpoint
+from orchestration.checkpoints import (
+    RunState,
+    checkpoint_step,
+    complete_checkpoints,
+    read_run_state,
+    write_checkpoint,
+)
 from orchestration.operator import Operator, RewardSpecs
 from orchestration.pipeline import GroupInFlight, GroupPipeline
 from orchestration.recovery import Recovery
@@ -259,7 +265,18 @@ class Trainer:
         self.operator.checkpoint_written(str(folder))
         self.logger.plot_rewards()
         log.info("checkpoint %s (%.1fs)", folder, self.timings["timing/checkpoint"])
+        self._settle_ledger()
         return folder
+
+    def _settle_ledger(self) -> None:
+        """Fold away the ledger records of groups trained `run.ledger_keep_steps` steps ago and before the oldest
+        kept checkpoint (no resume goes back before it)."""
+        oldest = checkpoint_step(complete_checkpoints(self.run_dir)[0])
+        before = min(oldest, self.step - self.cfg.run.ledger_keep_steps)
+        if before > 0 and (settled := self.control.ledger_settle(before)):
+            log.info(
+                "ledger: %d groups trained before step %d settled (counted, their records folded)", settled, before
+            )
 
     def _save_roles(self, folder: Path) -> None:
         ray.get([a.save_checkpoint.remote(str(folder / "learner")) for a in self.roles.learner.actors])

@@ -1,7 +1,9 @@
-"""The ledger in a real Redis: the group state machine, atomic step commits, rollback on resume, and the audit
-that tells lost and twice-trained groups from a clean history."""
+"""The ledger in a real Redis: the group state machine, atomic step commits, rollback on resume, the audit that
+tells lost and twice-trained groups from a clean history, and settling old groups out of Redis without changing
+what the audit says."""
 
 import json
+from dataclasses import replace
 
 import pytest
 
@@ -121,6 +123,35 @@ def test_audit_replays_the_log_and_flags_a_second_surviving_training(control):
     control.redis.xadd("flexgrpo:run:ledger:ledger_log", {"e": json.dumps(event)})
     report = control.audit(final_step=1)
     assert report.trained_twice == ["g1"] and report.trained == 2 and not report.ok
+
+
+def test_settled_groups_leave_redis_but_keep_their_verdicts_in_the_audit(control):
+    groups = [f"g{i}" for i in range(8)]
+    control.ledger_queue(groups)
+    train_groups(control, 0, groups[0:2])
+    control.ledger_rollback(0)  # g0, g1: trained, undone by a resume, trained again
+    train_groups(control, 0, groups[0:2])
+    train_groups(control, 1, groups[2:4])
+    control.ledger_dropped("g4", "stale")
+    train_groups(control, 2, groups[5:7])  # after the checkpoint the settle stops at
+    control.ledger_sampled("g7", "rollout-0", 3)  # in flight
+    event = {"group": "g2", "from": "scored", "to": "trained", "step": 1, "time": 0}  # a writer that bypassed it
+    control.redis.xadd("flexgrpo:run:ledger:ledger_log", {"e": json.dumps(event)})
+    before = control.audit(final_step=3, finished=False)
+    assert before.trained == 6 and before.trained_twice == ["g2"] and before.pending == ["g7"]
+
+    assert control.ledger_settle(before_step=2) == 5  # g0-g3 trained before step 2, g4 dropped
+    assert set(control.ledger_states()) == {"g5", "g6", "g7"}
+    assert {e["group"] for e in control.ledger_log()} == {"g5", "g6", "g7"}
+    after = control.audit(final_step=3, finished=False)
+    assert after == replace(before, settled=5)  # the same verdicts, g2's second training included
+    assert control.ledger_settle(before_step=2) == 0  # nothing left to settle
+
+    # a resume from the checkpoint of step 2 still requeues what it lacks; the audit still adds up
+    assert control.ledger_rollback(2) == ["g5", "g6", "g7"]
+    train_groups(control, 2, groups[5:8])
+    final = control.audit(final_step=3)
+    assert final.trained == 7 and final.dropped == {"stale": 1} and final.trained_twice == ["g2"]
 
 
 def test_metrics_of_redone_steps_are_forgotten(control):
