@@ -12,6 +12,7 @@ Keys of run R (all JSON or plain strings, never pickle; bulk data never goes her
   flexgrpo:run:R:settled             hash: the verdicts of groups folded away by `ledger_settle`: before (step),
                                      groups, trained, dropped:<reason> (counts)
   flexgrpo:run:R:settled_twice       set: settled groups whose log showed more than one surviving training
+  flexgrpo:run:R:settled_ids         set: every settled group id (a settled group can never be queued again)
   flexgrpo:run:R:commands            list of operator commands (JSON {id, op, args}), consumed in order
   flexgrpo:run:R:command_outcomes    hash: command id -> JSON {id, status, reason, time}
   flexgrpo:run:R:rejected_commands   list, newest first, at most REJECTED_KEPT: JSON {id, raw, reason, time}
@@ -123,7 +124,7 @@ def _ago(t: float | None) -> str:
     return f"{time.time() - t:.1f} s ago, at {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(t))}"
 
 
-# Ledger transitions, atomic in Lua. KEYS: groups hash, transition log, run hash.
+# Ledger transitions, atomic in Lua. KEYS: groups hash, transition log, run hash, settled ids set.
 # ARGV: target state, JSON of the target's fields, now, group ids...
 _TRANSITION = """
 local target, fields, now = ARGV[1], cjson.decode(ARGV[2]), tonumber(ARGV[3])
@@ -134,6 +135,10 @@ for i = 4, #ARGV do
   local g = ARGV[i]
   local raw = redis.call('HGET', KEYS[1], g)
   local rec = raw and cjson.decode(raw) or nil
+  if rec == nil and redis.call('SISMEMBER', KEYS[4], g) == 1 then
+    return redis.error_reply('ledger: group ' .. g .. ' was settled (its story ended before a kept checkpoint), ' ..
+      'it cannot become ' .. target)
+  end
   local same = rec ~= nil and rec.state == target
   if same then for k, v in pairs(fields) do if rec[k] ~= v then same = false end end end
   if not same then
@@ -172,6 +177,10 @@ local todo = {}
 for i = 3, #ARGV do
   local g = ARGV[i]
   local raw = redis.call('HGET', KEYS[1], g)
+  if not raw and redis.call('SISMEMBER', KEYS[4], g) == 1 then
+    return redis.error_reply('ledger: group ' .. g .. ' was settled (its story ended before a kept checkpoint), ' ..
+      'it cannot be trained at step ' .. step)
+  end
   if not raw then return redis.error_reply('ledger: group ' .. g .. ' is not in the ledger: queue it first') end
   local rec = cjson.decode(raw)
   if rec.state == 'trained' and rec.step == step then
@@ -216,7 +225,7 @@ redis.call('HSET', KEYS[3], 'step', to_step, 'updated_at', ARGV[2])
 return back
 """
 
-# Fold settled groups away. KEYS: groups hash, transition log, settled hash, settled_twice set.
+# Fold settled groups away. KEYS: groups hash, transition log, settled hash, settled_twice set, settled ids set.
 # ARGV: before step, JSON [[group, [fields to count]]], JSON [log entry ids]. A group counts only when its entry
 # is deleted here, so a retry after a lost reply counts nothing twice.
 _SETTLE = """
@@ -226,6 +235,7 @@ for _, item in ipairs(verdicts) do
   if redis.call('HDEL', KEYS[1], item[1]) == 1 then
     settled = settled + 1
     redis.call('HINCRBY', KEYS[3], 'groups', 1)
+    redis.call('SADD', KEYS[5], item[1])
     for _, f in ipairs(item[2]) do
       if f == 'twice' then redis.call('SADD', KEYS[4], item[1]) else redis.call('HINCRBY', KEYS[3], f, 1) end
     end
@@ -435,8 +445,11 @@ class ControlPlane:
 
     def _transition(self, target: str, group_ids: list[str], fields: dict[str, Any]) -> None:
         if group_ids:
-            keys = [f"{self._key}:groups", f"{self._key}:ledger_log", self._key]
+            keys = self._ledger_keys()
             self._script("transition", keys, [target, json.dumps(fields), time.time(), *group_ids])
+
+    def _ledger_keys(self) -> list[str]:
+        return [f"{self._key}:groups", f"{self._key}:ledger_log", self._key, f"{self._key}:settled_ids"]
 
     def ledger_queue(self, group_ids: list[str]) -> None:
         """New groups -> queued (queueing a queued group again is a no-op; any other state is a LedgerError)."""
@@ -457,14 +470,14 @@ class ControlPlane:
     def ledger_commit_step(self, step: int, group_ids: list[str]) -> None:
         """Learner step `step` (0-based) trained these scored groups: all become trained(step) and the registry's
         `step` becomes step + 1 (steps committed, the next step to train), in one atomic script."""
-        keys = [f"{self._key}:groups", f"{self._key}:ledger_log", self._key]
+        keys = self._ledger_keys()
         self._script("commit", keys, [step, time.time(), *group_ids])
 
     def ledger_rollback(self, to_step: int) -> list[str]:
         """A resume from a checkpoint whose next step is `to_step`: groups trained at steps >= to_step and every
         group not in a terminal state go back to queued (logged, so an audit knows those trainings did not
         survive), the registry's `step` becomes to_step. Returns those group ids, sorted."""
-        keys = [f"{self._key}:groups", f"{self._key}:ledger_log", self._key]
+        keys = self._ledger_keys()
         return sorted(self._script("rollback", keys, [to_step, time.time()]))
 
     def ledger_states(self) -> dict[str, dict[str, Any]]:
@@ -490,8 +503,9 @@ class ControlPlane:
         """Fold away the groups whose story ended before `before_step`: trained at a step < before_step, or
         dropped, with no surviving training at a later step. Their records and log events leave Redis; their
         verdicts (trained, dropped by reason, trained twice) are added to the run's settled counts, which
-        `audit` adds in. This keeps Redis bounded over a job of days. Only for a step no resume goes back
-        before: at most the oldest kept checkpoint's. -> how many groups were settled"""
+        `audit` adds in, and their ids stay in a set (tens of bytes each, against ~1 kB) so that none is ever
+        queued again. Only for a step no resume goes back before: at most the oldest kept checkpoint's.
+        -> how many groups were settled"""
         entries = self._ledger_entries()
         surviving = _surviving(event for _, event in entries)
         verdicts: dict[str, list[str]] = {}
@@ -504,7 +518,7 @@ class ControlPlane:
         if not verdicts:
             return 0
         ids = [entry_id for entry_id, event in entries if event["group"] in verdicts]
-        keys = [f"{self._key}:{k}" for k in ("groups", "ledger_log", "settled", "settled_twice")]
+        keys = [f"{self._key}:{k}" for k in ("groups", "ledger_log", "settled", "settled_twice", "settled_ids")]
         return self._script("settle", keys, [before_step, json.dumps(list(verdicts.items())), json.dumps(ids)])
 
     def audit(self, final_step: int, *, finished: bool = True) -> AuditReport:

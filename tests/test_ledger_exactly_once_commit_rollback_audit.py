@@ -146,6 +146,10 @@ def test_settled_groups_leave_redis_but_keep_their_verdicts_in_the_audit(control
     after = control.audit(final_step=3, finished=False)
     assert after == replace(before, settled=5)  # the same verdicts, g2's second training included
     assert control.ledger_settle(before_step=2) == 0  # nothing left to settle
+    with pytest.raises(LedgerError, match="group g0 was settled .* cannot become queued"):
+        control.ledger_queue(["g0"])  # the state machine still refuses a settled group
+    with pytest.raises(LedgerError, match="group g4 was settled .* cannot be trained at step 2"):
+        control.ledger_commit_step(2, ["g4"])
 
     # a resume from the checkpoint of step 2 still requeues what it lacks; the audit still adds up
     assert control.ledger_rollback(2) == ["g5", "g6", "g7"]
