@@ -158,6 +158,20 @@ def test_settled_groups_leave_redis_but_keep_their_verdicts_in_the_audit(control
     assert final.trained == 7 and final.dropped == {"stale": 1} and final.trained_twice == ["g2"]
 
 
+def test_a_long_job_that_settles_as_it_goes_holds_a_bounded_ledger(control):
+    per_step, keep, sizes = 4, 40, []
+    for step in range(300):
+        groups = [f"g{step * per_step + i:06d}" for i in range(per_step)]
+        control.ledger_queue(groups)
+        train_groups(control, step, groups)
+        if step % 20 == 19:  # a checkpoint every 20 steps settles what is more than `keep` steps old
+            control.ledger_settle(before_step=step + 1 - keep)
+            sizes.append((control.redis.hlen("flexgrpo:run:ledger:groups"), len(control.ledger_log())))
+    assert max(sizes) == sizes[-1] == (per_step * keep, 4 * per_step * keep)  # the last `keep` steps, not growing
+    report = control.audit(final_step=300)
+    assert report.ok and report.trained == 1200 and report.settled == 1200 - per_step * keep
+
+
 def test_metrics_of_redone_steps_are_forgotten(control):
     for step in range(5):
         control.publish_metrics(step, {"reward_mean": float(step)})
