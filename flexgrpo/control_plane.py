@@ -511,10 +511,11 @@ class ControlPlane:
         verdicts: dict[str, list[str]] = {}
         for group, record in self.ledger_states().items():
             kept = surviving.get(group, [])
-            over = record["state"] == "dropped" or record["state"] == "trained" and record["step"] < before_step
-            if over and all(s < before_step for s in kept):
+            dropped = record["state"] == "dropped"
+            over = dropped or record["state"] == "trained" and record["step"] < before_step and kept
+            if over and all(s < before_step for s in kept):  # (a trained record the log does not back stays: lost)
                 fields = ["trained"] * bool(kept) + ["twice"] * (len(kept) > 1)
-                verdicts[group] = fields + ([f"dropped:{record['reason']}"] if record["state"] == "dropped" else [])
+                verdicts[group] = fields + ([f"dropped:{record['reason']}"] if dropped else [])
         if not verdicts:
             return 0
         ids = [entry_id for entry_id, event in entries if event["group"] in verdicts]

@@ -137,11 +137,13 @@ def test_settled_groups_leave_redis_but_keep_their_verdicts_in_the_audit(control
     control.ledger_sampled("g7", "rollout-0", 3)  # in flight
     event = {"group": "g2", "from": "scored", "to": "trained", "step": 1, "time": 0}  # a writer that bypassed it
     control.redis.xadd("flexgrpo:run:ledger:ledger_log", {"e": json.dumps(event)})
+    gone = json.dumps({"state": "trained", "step": 0})  # a record whose training the log does not show
+    control.redis.hset("flexgrpo:run:ledger:groups", "gx", gone)
     before = control.audit(final_step=3, finished=False)
-    assert before.trained == 6 and before.trained_twice == ["g2"] and before.pending == ["g7"]
+    assert before.trained == 6 and before.trained_twice == ["g2"] and before.pending == ["g7", "gx"]
 
     assert control.ledger_settle(before_step=2) == 5  # g0-g3 trained before step 2, g4 dropped
-    assert set(control.ledger_states()) == {"g5", "g6", "g7"}
+    assert set(control.ledger_states()) == {"g5", "g6", "g7", "gx"}  # gx stays for the audit to flag
     assert {e["group"] for e in control.ledger_log()} == {"g5", "g6", "g7"}
     after = control.audit(final_step=3, finished=False)
     assert after == replace(before, settled=5)  # the same verdicts, g2's second training included
@@ -156,6 +158,7 @@ def test_settled_groups_leave_redis_but_keep_their_verdicts_in_the_audit(control
     train_groups(control, 2, groups[5:8])
     final = control.audit(final_step=3)
     assert final.trained == 7 and final.dropped == {"stale": 1} and final.trained_twice == ["g2"]
+    assert final.lost == ["gx"]
 
 
 def test_a_long_job_that_settles_as_it_goes_holds_a_bounded_ledger(control):
