@@ -92,18 +92,15 @@ def bucket_views(
     slots: a ring instead of a whole copy: bucket b lies in buffer b % slots of `slots` buffers of the largest
     bucket, so the views of different buckets share memory. Fill it through a `BucketsReady(slots)`, which lets
     a bucket be written only once the bucket before it in that buffer is off the wire."""
-    rings = [
-        torch.empty(header.max_bucket_bytes(), dtype=torch.uint8, device=device, pin_memory=pin_memory)
-        for _ in range(slots or 0)
-    ]
+    ring = _BucketBuffers(header, device, slots, pin_memory) if slots else None
     views: dict[str, Tensor] = {}
     for b, (start, end) in enumerate(header.bucket_ranges()):
-        shapes, dtype = [torch.Size(s) for s in header.shapes[start:end]], _dtype(header, start)
-        numel = sum(s.numel() for s in shapes)
-        if rings:
-            flat = rings[b % len(rings)][: numel * dtype.itemsize].view(dtype)
+        shapes = [torch.Size(s) for s in header.shapes[start:end]]
+        if ring is not None:
+            flat = ring.get(b, start, end)
         else:
-            flat = torch.empty(numel, dtype=dtype, device=device, pin_memory=pin_memory)
+            numel = sum(s.numel() for s in shapes)
+            flat = torch.empty(numel, dtype=_dtype(header, start), device=device, pin_memory=pin_memory)
         pieces = flat.split([s.numel() for s in shapes])
         for name, piece, shape in zip(header.names[start:end], pieces, shapes, strict=True):
             views[name] = piece.view(shape)
@@ -415,20 +412,22 @@ def _pieces(wire: Tensor, tensors: list[Tensor]) -> Iterator[tuple[Tensor, Tenso
 
 
 class _BucketBuffers:
-    """Two reusable byte buffers of the largest bucket, viewed as each bucket's dtype and length."""
+    """`slots` reusable byte buffers of the largest bucket, each allocated on first use: bucket b is viewed in
+    buffer b % slots as its dtype and length."""
 
-    def __init__(self, header: WeightUpdate, device: torch.device) -> None:
-        self.header, self.device = header, device
-        self._raw: list[Tensor | None] = [None, None]
+    def __init__(self, header: WeightUpdate, device: torch.device, slots: int = 2, pin_memory: bool = False) -> None:
+        self.header, self.device, self.pin_memory = header, device, pin_memory
+        self._raw: list[Tensor | None] = [None] * slots
 
     def get(self, b: int, start: int, end: int) -> Tensor:
         dtype = _dtype(self.header, start)
         numel = sum(torch.Size(s).numel() for s in self.header.shapes[start:end])
-        nbytes = numel * dtype.itemsize
-        raw = self._raw[b % 2]
-        if raw is None or raw.numel() < nbytes:
-            raw = self._raw[b % 2] = torch.empty(self.header.max_bucket_bytes(), dtype=torch.uint8, device=self.device)
-        return raw[:nbytes].view(dtype)
+        slot = b % len(self._raw)
+        if (raw := self._raw[slot]) is None:
+            raw = self._raw[slot] = torch.empty(
+                self.header.max_bucket_bytes(), dtype=torch.uint8, device=self.device, pin_memory=self.pin_memory
+            )
+        return raw[: numel * dtype.itemsize].view(dtype)
 
 
 def _dtype(header: WeightUpdate, index: int) -> torch.dtype:
