@@ -511,11 +511,11 @@ class ControlPlane:
         verdicts: dict[str, list[str]] = {}
         for group, record in self.ledger_states().items():
             kept = surviving.get(group, [])
-            dropped = record["state"] == "dropped"
-            over = dropped or record["state"] == "trained" and record["step"] < before_step and kept
+            over = (
+                record["state"] == "dropped" or record["state"] == "trained" and record["step"] < before_step and kept
+            )
             if over and all(s < before_step for s in kept):  # (a trained record the log does not back stays: lost)
-                fields = ["trained"] * bool(kept) + ["twice"] * (len(kept) > 1)
-                verdicts[group] = fields + ([f"dropped:{record['reason']}"] if dropped else [])
+                verdicts[group] = _verdict(record, kept)
         if not verdicts:
             return 0
         ids = [entry_id for entry_id, event in entries if event["group"] in verdicts]
@@ -537,14 +537,17 @@ class ControlPlane:
             settled=int(settled.get("groups", 0)),
         )
         for group, record in sorted(self.ledger_states().items()):
-            kept = [s for s in surviving.get(group, []) if s < final_step]
-            if record["state"] == "dropped":
-                report.dropped[record["reason"]] = report.dropped.get(record["reason"], 0) + 1
-            elif not kept:
+            verdict = _verdict(record, [s for s in surviving.get(group, []) if s < final_step])
+            if not verdict:
                 (report.lost if finished else report.pending).append(group)
-            report.trained += bool(kept)
-            if len(kept) > 1:
-                report.trained_twice.append(group)
+            for what in verdict:
+                if what == "trained":
+                    report.trained += 1
+                elif what == "twice":
+                    report.trained_twice.append(group)
+                else:
+                    reason = what.removeprefix("dropped:")
+                    report.dropped[reason] = report.dropped.get(reason, 0) + 1
         report.trained_twice.sort()
         return report
 
@@ -638,6 +641,14 @@ def _surviving(events: Iterable[dict[str, Any]]) -> dict[str, list[int]]:
         elif "rollback_to" in event:
             surviving[group] = [s for s in surviving.get(group, []) if s < event["rollback_to"]]
     return surviving
+
+
+def _verdict(record: dict[str, Any], kept: list[int]) -> list[str]:
+    """What the audit counts of a group with this ledger record and these surviving trainings: "trained" (one
+    survives), "twice" (more than one), "dropped:<reason>"; nothing for a lost or pending group. The names are
+    those of the settled counts."""
+    dropped = [f"dropped:{record['reason']}"] if record["state"] == "dropped" else []
+    return ["trained"] * bool(kept) + ["twice"] * (len(kept) > 1) + dropped
 
 
 def _parse_beat(value: str) -> dict[str, Any]:
