@@ -123,9 +123,12 @@ class GRPOConfig:
 
 @dataclass
 class RewardSpec:
-    name: str = MISSING  # reward model from the reward registry (jpeg_compressibility, unifiedreward_flex, ...)
+    # reward model from the reward registry: unifiedreward_flex, unifiedreward_think, unifiedreward_2 (judges),
+    # clip_score, pickscore, hpsv2, aesthetic, image_reward (scorers), jpeg_compressibility, jpeg_incompressibility
+    name: str = MISSING
     weight: float = 1.0  # weight in the combined reward or advantage
     model: str | None = None  # model folder or hub id for model-based rewards
+    processor: str | None = None  # scorers: folder or hub id of the tokenizer and image processor (null: model's)
     backend: str = "vllm"  # model-based rewards: vllm (in-process engine), http (OpenAI API), transformers
     url: str | None = None  # http backend: base URL of an OpenAI-compatible server
     api_key_env: str = "OPENAI_API_KEY"  # http backend: environment variable holding the key

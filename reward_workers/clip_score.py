@@ -1,11 +1,15 @@
-"""CLIP score: cosine similarity of a sample's image embedding and its prompt's text embedding.
+"""CLIP-family scores: a CLIP-style model's unit image and text embeddings, and the scores built on them.
 
-Loads a CLIP-style model (transformers `AutoModel` with `get_image_features` / `get_text_features`) from a
-local folder holding its tokenizer and image processor too. Video: the mean over evenly spaced frames.
+`ClipEmbedder` loads a CLIP-style model (transformers `AutoModel` with `get_image_features` /
+`get_text_features`) with its tokenizer and image processor, from its own folder or another one. `ClipScore`
+is their cosine similarity: `clip_score`, and HPSv2 (its authors score a CLIP ViT-H/14 fine-tune by the plain
+cosine of image and text features); with `logit_scale` the cosine times the model's learned exp(logit_scale),
+which is PickScore's score. Video: the mean over evenly spaced frames.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from flexgrpo.records import MediaGroup
@@ -13,34 +17,54 @@ from reward_workers.base import RewardOutput
 from reward_workers.judges import sample_frames
 
 
-class ClipScore:
-    def __init__(self, model: str, video_frames: int = 8) -> None:
+class ClipEmbedder:
+    """A CLIP-style model, its tokenizer and image processor (from `processor`, else the model's folder)."""
+
+    def __init__(self, model: str, processor: str | None = None) -> None:
         from transformers import AutoImageProcessor, AutoModel, AutoTokenizer
 
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         self.model = AutoModel.from_pretrained(model).to(self.device).eval()
-        self.tokenizer = AutoTokenizer.from_pretrained(model)
-        self.image_processor = AutoImageProcessor.from_pretrained(model)
+        self.tokenizer = AutoTokenizer.from_pretrained(processor or model)
+        self.image_processor = AutoImageProcessor.from_pretrained(processor or model)
+
+    @torch.no_grad()
+    def images(self, frames: list[list[np.ndarray]]) -> torch.Tensor:
+        """Unit image embeddings of G samples of F frames each (uint8 [H, W, 3]): [G, F, D] float32."""
+        pixels = self.image_processor(images=[f for sample in frames for f in sample], return_tensors="pt")
+        image = _embedding(self.model.get_image_features(pixel_values=pixels["pixel_values"].to(self.device)))
+        return torch.nn.functional.normalize(image.float(), dim=-1).view(len(frames), len(frames[0]), -1)
+
+    @torch.no_grad()
+    def text(self, prompt: str) -> torch.Tensor:
+        """The prompt's unit text embedding: [D] float32."""
+        inputs = self.tokenizer([prompt], padding=True, truncation=True, return_tensors="pt").to(self.device)
+        return torch.nn.functional.normalize(_embedding(self.model.get_text_features(**inputs)).float(), dim=-1)[0]
+
+
+class ClipScore:
+    """cos(image, text) per sample, mean over video frames; times exp(logit_scale) if `logit_scale`."""
+
+    def __init__(
+        self, model: str, video_frames: int = 8, *, processor: str | None = None, logit_scale: bool = False
+    ) -> None:
+        self.clip: ClipEmbedder | None = ClipEmbedder(model, processor)
         self.video_frames = video_frames
+        self.logit_scale = logit_scale
 
     @torch.no_grad()
     def score(self, group: MediaGroup) -> RewardOutput:
-        frames = sample_frames(group.media, self.video_frames)  # G lists of [H, W, 3] uint8
-        per_sample = len(frames[0])
-        pixels = self.image_processor(images=[f for sample in frames for f in sample], return_tensors="pt")
-        image = _embedding(self.model.get_image_features(pixel_values=pixels["pixel_values"].to(self.device)))
-        text_inputs = self.tokenizer([group.prompt], padding=True, truncation=True, return_tensors="pt")
-        text = _embedding(self.model.get_text_features(**text_inputs.to(self.device)))  # [1, D]
-        image = torch.nn.functional.normalize(image.float(), dim=-1)  # [G * F, D]
-        text = torch.nn.functional.normalize(text.float(), dim=-1)  # [1, D]
-        cosine = (image @ text.T).view(len(frames), per_sample).mean(dim=1)  # [G]
-        return RewardOutput(rewards=cosine.cpu())
+        assert self.clip is not None, "score after close"
+        image = self.clip.images(sample_frames(group.media, self.video_frames))  # [G, F, D]
+        cosine = (image @ self.clip.text(group.prompt)).mean(dim=1)  # [G]
+        scale = self.clip.model.logit_scale.exp().float() if self.logit_scale else 1.0
+        return RewardOutput(rewards=(scale * cosine).cpu())
 
     def score_many(self, groups: list[MediaGroup]) -> list[RewardOutput]:
         return [self.score(group) for group in groups]
 
     def close(self) -> None:
-        self.model = None
+        self.clip = None
 
 
 def _embedding(output: object) -> torch.Tensor:

@@ -59,10 +59,41 @@ def _unifiedreward_2(spec: RewardSpec) -> RewardModel:
     return PointwiseJudge(_judge_backend(spec), spec)
 
 
-def _clip_score(spec: RewardSpec) -> RewardModel:
+def _scorer_reference(spec: RewardSpec, value: str | None) -> str | None:
+    """A scorer's model or processor reference: a tiny scorer's name maps to its cached folder; a path that is
+    neither a folder nor a hub id fails in one line naming the reward."""
+    from flexgrpo.model_cache import check_model_reference
+    from reward_workers.tiny_scorers import TINY_SCORERS, tiny_scorer_path
+
+    if value is None:
+        return None
+    check_model_reference(f"{spec.name} model", value, TINY_SCORERS)
+    return str(tiny_scorer_path(value)) if value in TINY_SCORERS else value
+
+
+def _clip_score(spec: RewardSpec, *, logit_scale: bool = False) -> RewardModel:
     from reward_workers.clip_score import ClipScore
 
-    return ClipScore(spec.model, video_frames=spec.video_frames)  # type: ignore[arg-type]
+    model, processor = _scorer_reference(spec, spec.model), _scorer_reference(spec, spec.processor)
+    return ClipScore(model, spec.video_frames, processor=processor, logit_scale=logit_scale)  # type: ignore[arg-type]
+
+
+def _pickscore(spec: RewardSpec) -> RewardModel:
+    return _clip_score(spec, logit_scale=True)
+
+
+def _aesthetic(spec: RewardSpec) -> RewardModel:
+    from reward_workers.aesthetic import Aesthetic
+
+    model, processor = _scorer_reference(spec, spec.model), _scorer_reference(spec, spec.processor)
+    return Aesthetic(model, spec.video_frames, processor=processor)  # type: ignore[arg-type]
+
+
+def _image_reward(spec: RewardSpec) -> RewardModel:
+    from reward_workers.image_reward import ImageReward
+
+    model, processor = _scorer_reference(spec, spec.model), _scorer_reference(spec, spec.processor)
+    return ImageReward(model, spec.video_frames, processor=processor)  # type: ignore[arg-type]
 
 
 REWARD_MODELS: dict[str, Callable[[RewardSpec], RewardModel]] = {
@@ -72,8 +103,13 @@ REWARD_MODELS: dict[str, Callable[[RewardSpec], RewardModel]] = {
     "unifiedreward_think": _unifiedreward_think,
     "unifiedreward_2": _unifiedreward_2,
     "clip_score": _clip_score,
+    "pickscore": _pickscore,  # PickScore: a CLIP ViT-H/14 fine-tune, exp(logit_scale) * cos(text, image)
+    "hpsv2": _clip_score,  # HPSv2: a CLIP ViT-H/14 fine-tune scored by cos(image, text), unscaled
+    "aesthetic": _aesthetic,
+    "image_reward": _image_reward,
 }
-MODEL_REWARDS = ("clip_score", "unifiedreward_2", "unifiedreward_flex", "unifiedreward_think")  # need a model
+SCORERS = ("aesthetic", "clip_score", "hpsv2", "image_reward", "pickscore")  # model-based, loaded in-process
+MODEL_REWARDS = (*SCORERS, "unifiedreward_2", "unifiedreward_flex", "unifiedreward_think")  # need a model
 JUDGES = ("unifiedreward_2", "unifiedreward_flex", "unifiedreward_think")  # served by a judge backend
 JUDGE_BACKENDS = ("http", "transformers", "vllm")
 

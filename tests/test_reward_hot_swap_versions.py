@@ -68,7 +68,7 @@ def test_a_spec_that_cannot_load_leaves_the_running_one() -> None:
     with pytest.raises(ConfigError, match="must be one of"):
         worker.swap([RewardSpec(name="jpeg_compresibility")], version=5)
     built_first = dead_judge_spec()
-    with pytest.raises(OSError):
+    with pytest.raises(ConfigError, match="clip_score model '/nonexistent/clip' is not a folder"):
         worker.swap([built_first, RewardSpec(name="clip_score", model="/nonexistent/clip")], version=5)
     assert worker.version == 4 and [s.name for s in worker.specs] == ["jpeg_compressibility"]
     assert worker.score(media_group(0)).reward_version == 4
