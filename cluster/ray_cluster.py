@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -24,6 +25,11 @@ FORWARDED_ENV = (
     "HF_HUB_OFFLINE",
     "VLLM_CPU_OMP_THREADS_BIND",
 )
+CONNECT_TIMEOUT_S = 5.0  # a Ray address that does not accept a connection within this fails the job
+
+
+class ClusterUnreachable(ConnectionError):
+    """cluster.address names no Ray cluster that answers."""
 
 
 @contextmanager
@@ -35,6 +41,7 @@ def ray_session(cfg: ClusterConfig, run_dir: Path) -> Iterator[None]:
     env = {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
     runtime_env = {"env_vars": env} if env else None
     if cfg.address is not None:
+        check_cluster_answers(cfg.address)
         ray.init(address=cfg.address, runtime_env=runtime_env, log_to_driver=True)
         _check_pools_fit(cfg)
     else:
@@ -49,6 +56,19 @@ def ray_session(cfg: ClusterConfig, run_dir: Path) -> Iterator[None]:
         yield
     finally:
         ray.shutdown()
+
+
+def check_cluster_answers(address: str) -> None:
+    """A `host:port` or `ray://host:port` address must accept a connection within a few seconds (ray.init would
+    retry for minutes); "auto" and "local" are left to ray.init."""
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S).close()
+    except OSError as err:
+        reason = err.strerror or type(err).__name__
+        raise ClusterUnreachable(f"no Ray cluster answers at {address} (cluster.address): {reason}") from None
 
 
 def _check_pools_fit(cfg: ClusterConfig) -> None:

@@ -20,16 +20,23 @@ TINY_PROMPTS = [
 ]
 
 
-def load_prompts(cfg: PromptsConfig) -> list[str]:
-    """One prompt per non-empty line of cfg.file, or the built-in tiny list."""
+def load_prompts(cfg: PromptsConfig, key: str = "prompts.file") -> list[str]:
+    """One prompt per non-empty line of cfg.file, or the built-in tiny list; bad files are a ConfigError naming
+    `key` (the config key the file came from)."""
     if cfg.file is None:
         return list(TINY_PROMPTS)
     path = Path(cfg.file)
     if not path.is_file():
-        raise ConfigError(f"prompts.file {cfg.file!r} does not exist")
-    prompts = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        raise ConfigError(f"{key} {cfg.file!r} does not exist")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(
+            f"{key} {cfg.file!r} is not UTF-8 text (byte {err.start}): save it as UTF-8, one prompt per line"
+        ) from None
+    prompts = [line.strip() for line in text.splitlines() if line.strip()]
     if not prompts:
-        raise ConfigError(f"prompts.file {cfg.file!r} has no prompts (one prompt per line expected)")
+        raise ConfigError(f"{key} {cfg.file!r} has no prompts (one prompt per line expected)")
     return prompts
 
 

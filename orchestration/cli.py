@@ -7,7 +7,8 @@ flexgrpo command RUN_DIR OP [--rewards FILE] [--timeout S] [--no-wait]
 flexgrpo audit RUN_DIR                           groups trained, dropped, lost, trained twice (exit 1 on any of the
                                                  last two)
 
-Every error is one line on stderr and an exit code: 2 for usage and config errors, 1 for runtime ones. `status`
+Every error is one line on stderr and an exit code: 2 for usage and config errors, 1 for runtime ones (`train`
+names the role that failed and the cause; the traceback is in RUN_DIR/train.log). `status`
 and `command` import no torch (swap_reward's reward check aside).
 """
 
@@ -48,6 +49,20 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         print(f"{self.prog}: error: {message} (see {self.prog} --help)", file=sys.stderr)
         raise SystemExit(2)
+
+
+class _NoTracebackFormatter(logging.Formatter):
+    """The terminal's log lines: a logged exception shows as its message, its traceback goes to the run's log."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        if not record.exc_info and not record.exc_text:
+            return super().format(record)
+        saved = record.exc_info, record.exc_text, record.stack_info
+        record.exc_info = record.exc_text = record.stack_info = None
+        try:
+            return super().format(record) + " (traceback in the run's train.log)"
+        finally:
+            record.exc_info, record.exc_text, record.stack_info = saved
 
 
 def _quiet_libraries() -> None:
@@ -215,16 +230,24 @@ def _train(argv: list[str]) -> int:
 
     start_watchdog()  # before anything starts: whatever the job starts dies with it
     _quiet_libraries()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")
+    console = logging.StreamHandler()
+    console.setFormatter(_NoTracebackFormatter("%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S"))
+    logging.basicConfig(level=logging.INFO, handlers=[console])
     from tqdm.contrib.logging import logging_redirect_tqdm
 
-    from orchestration.driver import train
+    from orchestration.driver import LOG_FILE, train
+    from orchestration.failures import describe_failure
 
     try:
         with logging_redirect_tqdm():
             summary = train(cfg)
+    except ConfigError as err:  # bad input found once the job had started is still bad input
+        raise CliError(f"config error: {err}", 2) from None
     except (RunOwnedError, ControlPlaneUnavailable) as err:
         raise CliError(str(err), 1) from None
+    except Exception as err:  # noqa: BLE001  (any other failure: one line here, its traceback in the run's log)
+        log_file = Path(cfg.run.output_dir) / cfg.run.name / LOG_FILE
+        raise CliError(f"{describe_failure(err)} (traceback: {log_file})", 1) from None
     print(f"run directory: {summary.run_dir} ({summary.status})")
     means, k = summary.reward_means, max(1, len(summary.reward_means) // 5)
     if means:

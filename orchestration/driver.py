@@ -12,6 +12,8 @@ from __future__ import annotations
 import logging
 import signal
 import socket
+import sys
+from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,12 +21,14 @@ from pathlib import Path
 from flexgrpo.config import Config, to_dict, to_yaml
 from flexgrpo.control_plane import ControlPlane, write_status_file
 from orchestration.checkpoints import latest_checkpoint
+from orchestration.failures import describe_failure
 from orchestration.ownership import RunOwnership
 from orchestration.reporting import MetricsLogger, read_metrics
 from orchestration.roles import build_roles, preflight
 from orchestration.trainer import Trainer
 
 log = logging.getLogger("flexgrpo")
+LOG_FILE = "train.log"  # in the run directory: what the job logs, and the traceback of the error that ended it
 
 
 @dataclass
@@ -34,6 +38,26 @@ class RunSummary:
     steps: int  # steps in the run's metrics (a resumed run counts the steps before it too)
     reward_means: list[float]  # per step
     lora_dir: Path | None
+
+
+@contextmanager
+def run_log(run_dir: Path) -> Iterator[Path]:
+    """While the job runs, what it logs also goes to RUN_DIR/train.log; the error that ends it is written there
+    with its full traceback (and only there: the terminal gets one line)."""
+    path = run_dir / LOG_FILE
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    try:
+        yield path
+    except Exception as err:
+        args = (describe_failure(err),)
+        handler.handle(logging.LogRecord(log.name, logging.ERROR, __file__, 0, "job failed: %s", args, sys.exc_info()))
+        raise
+    finally:
+        root.removeHandler(handler)
+        handler.close()
 
 
 @contextmanager
@@ -61,6 +85,7 @@ def train(cfg: Config) -> RunSummary:
     run_dir.mkdir(parents=True, exist_ok=True)
     with ExitStack() as stack:
         owner = stack.enter_context(RunOwnership(run_dir))  # a second job on this directory stops here
+        stack.enter_context(run_log(run_dir))
         (run_dir / "config.yaml").write_text(to_yaml(cfg), encoding="utf-8")
         if cfg.cluster.redis_url:
             redis_url, on_outage = cfg.cluster.redis_url, None

@@ -1,0 +1,71 @@
+"""`flexgrpo train`, run as a user runs it (the installed entry point, an environment with only PATH and HOME),
+ends every failure with one line on stderr: bad input found after the config loads exits 2; a runtime failure
+exits 1 naming the role and the cause, its traceback in RUN_DIR/train.log. Never a traceback on the terminal."""
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+FLEXGRPO = Path(sys.executable).parent / "flexgrpo"
+CLEAN_ENV = {"PATH": os.environ["PATH"], "HOME": os.environ["HOME"]}
+
+
+def train(tmp_path: Path, *overrides: str, timeout_s: float = 120) -> tuple[int, str, float]:
+    """Run `flexgrpo train` on the tiny recipe; -> exit code, stderr, seconds."""
+    start = time.monotonic()
+    done = subprocess.run(
+        [str(FLEXGRPO), "train", f"run.output_dir={tmp_path / 'runs'}", "run.name=r", *overrides],
+        cwd=REPO,
+        env=CLEAN_ENV,
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+    )
+    return done.returncode, done.stderr, time.monotonic() - start
+
+
+def last_line(stderr: str) -> str:
+    assert "Traceback" not in stderr, stderr
+    return stderr.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize(
+    "content, expected",
+    [
+        (b"", "has no prompts"),
+        (b"  \n\t\n\n", "has no prompts"),
+        (b"a cat\n\xff\xfe a dog\n", "is not UTF-8 text (byte 6)"),
+        (None, "does not exist"),
+    ],
+    ids=["empty", "blank", "not-utf8", "missing"],
+)
+def test_a_bad_prompts_file_is_bad_input(tmp_path, content, expected):
+    prompts = tmp_path / "prompts.txt"
+    if content is not None:
+        prompts.write_bytes(content)
+    code, stderr, _ = train(tmp_path, f"prompts.file={prompts}")
+    assert code == 2, stderr
+    assert last_line(stderr).startswith(f"error: config error: prompts.file {str(prompts)!r} {expected}"), stderr
+    assert len(stderr.strip().splitlines()) == 1, stderr
+
+
+def test_a_policy_folder_that_does_not_exist_is_bad_input(tmp_path):
+    code, stderr, _ = train(tmp_path, f"policy.model={tmp_path / 'no-such-model'}")
+    assert code == 2, stderr
+    assert "policy.model" in last_line(stderr) and "is not a folder that exists" in last_line(stderr)
+
+
+def test_no_ray_cluster_at_the_address_says_so_in_seconds(tmp_path):
+    code, stderr, seconds = train(tmp_path, "cluster.address=127.0.0.1:1")
+    assert code == 1, stderr
+    line = last_line(stderr)
+    assert line.startswith("error: driver: ClusterUnreachable: no Ray cluster answers at 127.0.0.1:1"), line
+    assert line.endswith(f"(traceback: {tmp_path / 'runs' / 'r' / 'train.log'})"), line
+    assert seconds < 60, seconds  # it used to wait for minutes (imports take most of these seconds)
+    log = (tmp_path / "runs" / "r" / "train.log").read_text()
+    assert "Traceback" in log and "check_cluster_answers" in log
