@@ -10,6 +10,7 @@ MAX_CAUSE_CHARS = 400
 _RAISED_IN = re.compile(r"ray::(?:[\w-]+:)?(\w+)\.")  # "ray::RewardWorker.__init__()" in a remote traceback
 _CLASS_LINE = re.compile(r"^\s*class_name: (\w+)", re.MULTILINE)  # an actor that died without raising
 _EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt)\w*: ")
+_MODULE_PATH = re.compile(r"^(?:\w+\.)+(?=\w+: )")  # "reward_workers.backends." of a remote exception's type
 
 
 def describe_failure(err: BaseException) -> str:
@@ -21,7 +22,8 @@ def describe_failure(err: BaseException) -> str:
         cause: BaseException | str = err
         while isinstance(cause, ray.exceptions.RayTaskError):
             cause = cause.cause
-        return f"{_role(err.function_name)}: {_one_line(cause)}"
+        found = _RAISED_IN.search(str(err))  # (a raised one is a subclass of its cause's type too: no function_name)
+        return f"{_role(found.group(1) if found else vars(err).get('function_name', ''))}: {_one_line(cause)}"
     if isinstance(err, ray.exceptions.RayActorError):
         text = str(err)
         found = _RAISED_IN.search(text) or _CLASS_LINE.search(text)
@@ -48,7 +50,7 @@ def _actor_cause(text: str) -> str:
     lines = text.splitlines()
     raised = [line for line in lines if _EXCEPTION_LINE.match(line)]
     if raised:
-        return _clip(raised[-1])
+        return _clip(_MODULE_PATH.sub("", raised[-1]))
     reasons = [line.strip() for line in lines[1:] if line.strip() and not line.startswith("\t")]
     return _clip(reasons[0] if reasons else lines[0])
 

@@ -69,3 +69,23 @@ def test_no_ray_cluster_at_the_address_says_so_in_seconds(tmp_path):
     assert seconds < 60, seconds  # it used to wait for minutes (imports take most of these seconds)
     log = (tmp_path / "runs" / "r" / "train.log").read_text()
     assert "Traceback" in log and "check_cluster_answers" in log
+
+
+def test_the_line_names_the_role_whose_code_raised_and_the_innermost_cause():
+    import ray.exceptions
+
+    from orchestration.failures import describe_failure
+
+    raised = ray.exceptions.RayTaskError(
+        "GRPOLearner.train_step",
+        'Traceback (most recent call last):\n  File "learner.py", line 1\nRuntimeError: loss is nan',
+        RuntimeError("loss is nan\nsecond line"),
+        proctitle="ray::learner-0:GRPOLearner.train_step",
+    )
+    assert describe_failure(raised) == "learner: RuntimeError: loss is nan"
+    assert describe_failure(raised.as_instanceof_cause()) == "learner: RuntimeError: loss is nan"  # what ray.get raises
+    died_at_start = ray.exceptions.ActorDiedError(raised)  # a constructor that raised
+    assert describe_failure(died_at_start) == "learner: RuntimeError: loss is nan"
+    full_disk = OSError(28, "No space left on device")
+    assert describe_failure(full_disk) == "driver: OSError: [Errno 28] No space left on device"
+
