@@ -217,24 +217,48 @@ def build_qwen3_vl_8b_judge(path: Path) -> None:
     (path / _MARKER).touch()
 
 
-def clip_vit_h14_config():
-    """laion CLIP ViT-H/14's config at the cut depth (vocabulary as published: CLIP's tokenizer is built here)."""
+def clip_vit_h14_config(tokenizer=None):
+    """laion CLIP ViT-H/14's config at the cut depth; with a tokenizer, its vocabulary and special tokens."""
     from transformers import CLIPConfig
 
+    text = CLIP_VIT_H14_TEXT_CONFIG | {"num_hidden_layers": DEPTH["clip_layers"]}
+    if tokenizer is not None:
+        text |= {
+            "vocab_size": len(tokenizer),
+            "bos_token_id": tokenizer.bos_token_id,
+            "eos_token_id": tokenizer.eos_token_id,
+            "pad_token_id": tokenizer.pad_token_id,
+        }
     return CLIPConfig(
-        text_config=CLIP_VIT_H14_TEXT_CONFIG | {"num_hidden_layers": DEPTH["clip_layers"]},
+        text_config=text,
         vision_config=CLIP_VIT_H14_VISION_CONFIG | {"num_hidden_layers": DEPTH["clip_layers"]},
         projection_dim=CLIP_VIT_H14_PROJECTION_DIM,
     )
 
 
+def build_clip_vit_h14(path: Path) -> None:
+    """A CLIP ViT-H/14-shaped CLIPModel folder with tokenizer and the 224 px CLIP image processor (clip_score)."""
+    from transformers import CLIPImageProcessor, CLIPModel
+
+    from actors.tiny_models import build_tokenizer
+
+    tokenizer = build_tokenizer()
+    torch.manual_seed(0)
+    CLIPModel(clip_vit_h14_config(tokenizer)).eval().save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    size = CLIP_VIT_H14_VISION_CONFIG["image_size"]
+    CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size}).save_pretrained(path)
+    (path / _MARKER).touch()
+
+
 REAL_SHAPE_JUDGES: dict[str, Callable[[Path], None]] = {
     "real-shape-qwen3-vl-8b-judge": build_qwen3_vl_8b_judge,  # CodeGoat24/UnifiedReward-Flex-qwen3vl-8b
+    "real-shape-clip-vit-h-14": build_clip_vit_h14,  # laion/CLIP-ViT-H-14-laion2B-s32B-b79K
 }
 
 
 def real_shape_judge_path(name: str) -> Path:
-    """The cached folder of a real-shape judge, built on first use."""
+    """The cached folder of a real-shape judge or CLIP scorer, built on first use."""
     if name not in REAL_SHAPE_JUDGES:
         raise ValueError(f"unknown real-shape judge {name!r}; known: {sorted(REAL_SHAPE_JUDGES)}")
     return cached_build(name, REAL_SHAPE_JUDGES[name], _MARKER)
