@@ -25,12 +25,12 @@ def test_status_and_command_entry_points_do_not_import_torch():
 
 def test_no_module_under_flexgrpo_imports_a_role_or_the_orchestration():
     offenders = []
-    for path in sorted((REPO / "flexgrpo").glob("*.py")):
+    for path in sorted((REPO / "flexgrpo").rglob("*.py")):
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             names = []
             if isinstance(node, ast.Import):
                 names = [alias.name for alias in node.names]
             elif isinstance(node, ast.ImportFrom) and node.module:
                 names = [node.module]
-            offenders += [f"{path.name}: {n}" for n in names if n.split(".")[0] in ROOMS_ABOVE]
+            offenders += [f"{path.relative_to(REPO)}: {n}" for n in names if n.split(".")[0] in ROOMS_ABOVE]
     assert offenders == []

@@ -62,6 +62,10 @@ def test_invalid_transitions_raise_and_change_nothing(control):
     with pytest.raises(LedgerError, match="g1 cannot become dropped from trained"):
         control.ledger_dropped("g1", "oops")
     assert control.ledger_states()["g1"]["state"] == "trained" and len(control.ledger_log()) == 4
+    control.ledger_queue(["g2"])
+    with pytest.raises(LedgerError, match="group g2 cannot become scored from queued"):
+        control.ledger_scored("g2", 0)  # a group is scored only after it was sampled
+    assert control.ledger_states()["g2"] == {"state": "queued"}
 
 
 def test_commit_is_all_or_nothing(control):
