@@ -11,11 +11,12 @@ downloaded). Widths, heads, structural flags, latent channels, patch sizes, VAEs
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import torch
 
-from flexgrpo.model_cache import cached_build
+from flexgrpo.model_cache import built_in_bf16, cached_build
 
 # --------------------------------------------------------------------------------------- published configs
 # stabilityai/stable-diffusion-3.5-medium transformer/config.json (SD3Transformer2DModel): MMDiT-X, dual
@@ -194,65 +195,85 @@ DEPTH = {
     "wan_layers": 1,
     "text_layers": 1,  # every CLIP / T5 / UMT5 encoder
 }
+# Full depth (the published depths; GPU machines, scripts/gpu_check.sh): only the vocabulary stays cut.
+FULL_DEPTH = {
+    "sd3_layers": SD35_MEDIUM_TRANSFORMER_CONFIG["num_layers"],
+    "sd3_dual_attention_layers": SD35_MEDIUM_TRANSFORMER_CONFIG["dual_attention_layers"],
+    "flux_double": FLUX_DEV_TRANSFORMER_CONFIG["num_layers"],
+    "flux_single": FLUX_DEV_TRANSFORMER_CONFIG["num_single_layers"],
+    "wan_layers": WAN21_T2V_13B_TRANSFORMER_CONFIG["num_layers"],
+    "text_layers": None,  # each encoder's own
+}
 _MARKER = ".built-real-v1"  # bump when a build changes
 
 
-def clip_text_config(published: dict, tokenizer):
+def depth(full_depth: bool) -> dict:
+    """The depths a build uses: the cut ones (CPU tests) or the published ones."""
+    return FULL_DEPTH if full_depth else DEPTH
+
+
+def _layers(published: dict, key: str, full_depth: bool) -> dict:
+    return {key: depth(full_depth)["text_layers"] or published[key]}
+
+
+def clip_text_config(published: dict, tokenizer, full_depth: bool = False):
     """A CLIP text config: `published` at the cut depth, with the tokenizer's vocabulary and special tokens."""
     from transformers import CLIPTextConfig
 
     return CLIPTextConfig(
-        **(published | {"num_hidden_layers": DEPTH["text_layers"], "vocab_size": len(tokenizer)}),
+        **(published | _layers(published, "num_hidden_layers", full_depth) | {"vocab_size": len(tokenizer)}),
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
 
 
-def t5_config(config_cls: str, published: dict, tokenizer):
+def t5_config(config_cls: str, published: dict, tokenizer, full_depth: bool = False):
     """A T5 / UMT5 encoder config: `published` at the cut depth, with the tokenizer's vocabulary."""
     import transformers
 
     return getattr(transformers, config_cls)(
-        **(published | {"num_layers": DEPTH["text_layers"], "vocab_size": len(tokenizer)}),
+        **(published | _layers(published, "num_layers", full_depth) | {"vocab_size": len(tokenizer)}),
         pad_token_id=tokenizer.pad_token_id,
         eos_token_id=tokenizer.eos_token_id,
     )
 
 
-def _clip(cls_name: str, published: dict, tokenizer, seed: int):
+def _clip(cls_name: str, published: dict, tokenizer, seed: int, full_depth: bool):
     import transformers
 
     torch.manual_seed(seed)
-    return getattr(transformers, cls_name)(clip_text_config(published, tokenizer)).eval()
+    return getattr(transformers, cls_name)(clip_text_config(published, tokenizer, full_depth)).eval()
 
 
-def _t5(config_cls: str, model_cls: str, published: dict, tokenizer, seed: int):
+def _t5(config_cls: str, model_cls: str, published: dict, tokenizer, seed: int, full_depth: bool):
     import transformers
 
     torch.manual_seed(seed)
-    return getattr(transformers, model_cls)(t5_config(config_cls, published, tokenizer)).eval()
+    return getattr(transformers, model_cls)(t5_config(config_cls, published, tokenizer, full_depth)).eval()
 
 
-def sd35_medium_transformer_config() -> dict:
-    """SD3.5-Medium's transformer config at the cut depth."""
+def sd35_medium_transformer_config(full_depth: bool = False) -> dict:
+    """SD3.5-Medium's transformer config at the cut (or full) depth."""
+    d = depth(full_depth)
     return SD35_MEDIUM_TRANSFORMER_CONFIG | {
-        "num_layers": DEPTH["sd3_layers"],
-        "dual_attention_layers": DEPTH["sd3_dual_attention_layers"],
+        "num_layers": d["sd3_layers"],
+        "dual_attention_layers": d["sd3_dual_attention_layers"],
     }
 
 
-def flux_dev_transformer_config() -> dict:
-    """FLUX.1-dev's transformer config at the cut depth."""
-    return FLUX_DEV_TRANSFORMER_CONFIG | {"num_layers": DEPTH["flux_double"], "num_single_layers": DEPTH["flux_single"]}
+def flux_dev_transformer_config(full_depth: bool = False) -> dict:
+    """FLUX.1-dev's transformer config at the cut (or full) depth."""
+    d = depth(full_depth)
+    return FLUX_DEV_TRANSFORMER_CONFIG | {"num_layers": d["flux_double"], "num_single_layers": d["flux_single"]}
 
 
-def wan21_transformer_config() -> dict:
-    """Wan 2.1 T2V 1.3B's transformer config at the cut depth."""
-    return WAN21_T2V_13B_TRANSFORMER_CONFIG | {"num_layers": DEPTH["wan_layers"]}
+def wan21_transformer_config(full_depth: bool = False) -> dict:
+    """Wan 2.1 T2V 1.3B's transformer config at the cut (or full) depth."""
+    return WAN21_T2V_13B_TRANSFORMER_CONFIG | {"num_layers": depth(full_depth)["wan_layers"]}
 
 
-def build_sd35_medium(path: Path) -> None:
+def build_sd35_medium(path: Path, full_depth: bool = False) -> None:
     """StableDiffusion3Pipeline: SD3.5-M transformer, CLIP-L + CLIP-G (with projections), T5-XXL, its VAE."""
     from diffusers import (
         AutoencoderKL,
@@ -266,23 +287,23 @@ def build_sd35_medium(path: Path) -> None:
     tokenizer = build_tokenizer()
     t5_tokenizer = build_tokenizer(max_length=512)
     torch.manual_seed(0)
-    transformer = SD3Transformer2DModel(**sd35_medium_transformer_config())
+    transformer = SD3Transformer2DModel(**sd35_medium_transformer_config(full_depth))
     torch.manual_seed(1)
     StableDiffusion3Pipeline(
         transformer=transformer,
         scheduler=FlowMatchEulerDiscreteScheduler(**SD35_SCHEDULER_CONFIG),
         vae=AutoencoderKL(**SD35_VAE_CONFIG).eval(),
-        text_encoder=_clip("CLIPTextModelWithProjection", CLIP_L_TEXT_CONFIG, tokenizer, 2),
+        text_encoder=_clip("CLIPTextModelWithProjection", CLIP_L_TEXT_CONFIG, tokenizer, 2, full_depth),
         tokenizer=tokenizer,
-        text_encoder_2=_clip("CLIPTextModelWithProjection", CLIP_G_TEXT_CONFIG, tokenizer, 3),
+        text_encoder_2=_clip("CLIPTextModelWithProjection", CLIP_G_TEXT_CONFIG, tokenizer, 3, full_depth),
         tokenizer_2=tokenizer,
-        text_encoder_3=_t5("T5Config", "T5EncoderModel", T5_XXL_CONFIG, t5_tokenizer, 4),
+        text_encoder_3=_t5("T5Config", "T5EncoderModel", T5_XXL_CONFIG, t5_tokenizer, 4, full_depth),
         tokenizer_3=t5_tokenizer,
     ).save_pretrained(path)
     (path / _MARKER).touch()
 
 
-def build_flux_dev(path: Path) -> None:
+def build_flux_dev(path: Path, full_depth: bool = False) -> None:
     """FluxPipeline: FLUX.1-dev transformer (guidance embedding), CLIP-L (no projection), T5-XXL, its VAE."""
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
 
@@ -291,21 +312,21 @@ def build_flux_dev(path: Path) -> None:
     tokenizer = build_tokenizer()
     t5_tokenizer = build_tokenizer(max_length=512)
     torch.manual_seed(0)
-    transformer = FluxTransformer2DModel(**flux_dev_transformer_config())
+    transformer = FluxTransformer2DModel(**flux_dev_transformer_config(full_depth))
     torch.manual_seed(1)
     FluxPipeline(
         transformer=transformer,
         scheduler=FlowMatchEulerDiscreteScheduler(**FLUX_DEV_SCHEDULER_CONFIG),
         vae=AutoencoderKL(**FLUX_DEV_VAE_CONFIG).eval(),
-        text_encoder=_clip("CLIPTextModel", CLIP_L_TEXT_CONFIG, tokenizer, 2),
+        text_encoder=_clip("CLIPTextModel", CLIP_L_TEXT_CONFIG, tokenizer, 2, full_depth),
         tokenizer=tokenizer,
-        text_encoder_2=_t5("T5Config", "T5EncoderModel", T5_XXL_CONFIG, t5_tokenizer, 3),
+        text_encoder_2=_t5("T5Config", "T5EncoderModel", T5_XXL_CONFIG, t5_tokenizer, 3, full_depth),
         tokenizer_2=t5_tokenizer,
     ).save_pretrained(path)
     (path / _MARKER).touch()
 
 
-def build_wan21_t2v_13b(path: Path) -> None:
+def build_wan21_t2v_13b(path: Path, full_depth: bool = False) -> None:
     """WanPipeline: Wan 2.1 T2V 1.3B transformer, UMT5-XXL, AutoencoderKLWan, UniPC flow scheduler."""
     from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanPipeline, WanTransformer3DModel
 
@@ -313,11 +334,11 @@ def build_wan21_t2v_13b(path: Path) -> None:
 
     tokenizer = build_tokenizer(max_length=512)
     torch.manual_seed(0)
-    transformer = WanTransformer3DModel(**wan21_transformer_config())
+    transformer = WanTransformer3DModel(**wan21_transformer_config(full_depth))
     torch.manual_seed(1)
     WanPipeline(
         tokenizer=tokenizer,
-        text_encoder=_t5("UMT5Config", "UMT5EncoderModel", UMT5_XXL_CONFIG, tokenizer, 3),
+        text_encoder=_t5("UMT5Config", "UMT5EncoderModel", UMT5_XXL_CONFIG, tokenizer, 3, full_depth),
         vae=AutoencoderKLWan(**WAN21_VAE_CONFIG).eval(),
         scheduler=UniPCMultistepScheduler(**WAN21_SCHEDULER_CONFIG),
         transformer=transformer,
@@ -325,15 +346,18 @@ def build_wan21_t2v_13b(path: Path) -> None:
     (path / _MARKER).touch()
 
 
-REAL_SHAPE_POLICIES: dict[str, Callable[[Path], None]] = {
+REAL_SHAPE_POLICIES: dict[str, Callable[..., None]] = {
     "real-shape-sd3.5-medium": build_sd35_medium,  # stabilityai/stable-diffusion-3.5-medium
     "real-shape-flux.1-dev": build_flux_dev,  # black-forest-labs/FLUX.1-dev
     "real-shape-wan2.1-t2v-1.3b": build_wan21_t2v_13b,  # Wan-AI/Wan2.1-T2V-1.3B-Diffusers
 }
 
 
-def real_shape_path(name: str) -> Path:
-    """The cached pipeline folder of a real-shape policy, built on first use."""
+def real_shape_path(name: str, full_depth: bool = False) -> Path:
+    """The cached pipeline folder of a real-shape policy, built on first use (full depth: in bf16, to halve the
+    memory and disk a 12B random model takes)."""
     if name not in REAL_SHAPE_POLICIES:
         raise ValueError(f"unknown real-shape policy {name!r}; known: {sorted(REAL_SHAPE_POLICIES)}")
-    return cached_build(name, REAL_SHAPE_POLICIES[name], _MARKER)
+    if not full_depth:
+        return cached_build(name, REAL_SHAPE_POLICIES[name], _MARKER)
+    return cached_build(f"{name}-full-depth", partial(built_in_bf16, REAL_SHAPE_POLICIES[name]), _MARKER)

@@ -37,6 +37,18 @@ def cached_build(name: str, build: Callable[[Path], None], marker: str) -> Path:
     return target
 
 
+def built_in_bf16(build: Callable[..., None], path: Path) -> None:
+    """Run `build(path, full_depth=True)` with bf16 as torch's default dtype (full-depth random models)."""
+    import torch
+
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.bfloat16)
+    try:
+        build(path, full_depth=True)
+    finally:
+        torch.set_default_dtype(default)
+
+
 def check_model_reference(key: str, value: str, built_here: Collection[str]) -> None:
     """A model reference must be a model built here (a tiny one), a folder that exists, or a hub id (org/name)."""
     if value in built_here or Path(value).is_dir() or (HUB_ID.match(value) and not Path(value).parent.exists()):

@@ -12,11 +12,12 @@ way Qwen3-VL's does; the published template's tool and reasoning branches are no
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import torch
 
-from flexgrpo.model_cache import cached_build
+from flexgrpo.model_cache import built_in_bf16, cached_build
 
 # Qwen/Qwen3-VL-8B-Instruct config.json (Qwen3VLForConditionalGeneration), the base of
 # CodeGoat24/UnifiedReward-Flex-qwen3vl-8b.
@@ -131,17 +132,24 @@ DEPTH = {
     "qwen25_fullatt_block_indexes": [1],  # one windowed block, one full-attention block
     "clip_layers": 1,
 }
+FULL_DEPTH = {  # the published depths (GPU machines, scripts/gpu_check.sh): only the vocabulary stays cut
+    "qwen_text_layers": QWEN3_VL_8B_TEXT_CONFIG["num_hidden_layers"],
+    "qwen3_vision_depth": QWEN3_VL_8B_VISION_CONFIG["depth"],
+    "qwen3_deepstack_visual_indexes": QWEN3_VL_8B_VISION_CONFIG["deepstack_visual_indexes"],
+    "clip_layers": None,  # each tower's own
+}
 _MARKER = ".built-real-v1"
 
 
-def qwen3_vl_8b_config(vocab_size: int, ids: dict[str, int]):
-    """Qwen3-VL-8B's config at the cut depth, with the tokenizer's vocabulary and special-token ids."""
+def qwen3_vl_8b_config(vocab_size: int, ids: dict[str, int], full_depth: bool = False):
+    """Qwen3-VL-8B's config at the cut (or full) depth, with the tokenizer's vocabulary and special-token ids."""
     from transformers import Qwen3VLConfig
 
-    text = QWEN3_VL_8B_TEXT_CONFIG | {"num_hidden_layers": DEPTH["qwen_text_layers"], "vocab_size": vocab_size}
+    d = FULL_DEPTH if full_depth else DEPTH
+    text = QWEN3_VL_8B_TEXT_CONFIG | {"num_hidden_layers": d["qwen_text_layers"], "vocab_size": vocab_size}
     vision = QWEN3_VL_8B_VISION_CONFIG | {
-        "depth": DEPTH["qwen3_vision_depth"],
-        "deepstack_visual_indexes": DEPTH["qwen3_deepstack_visual_indexes"],
+        "depth": d["qwen3_vision_depth"],
+        "deepstack_visual_indexes": d["qwen3_deepstack_visual_indexes"],
     }
     text |= {
         "bos_token_id": ids["<|endoftext|>"],
@@ -193,7 +201,7 @@ def qwen25_vl_image_processor():
     return Qwen2VLImageProcessor(**QWEN25_VL_IMAGE_PROCESSOR_CONFIG)
 
 
-def build_qwen3_vl_8b_judge(path: Path) -> None:
+def build_qwen3_vl_8b_judge(path: Path, full_depth: bool = False) -> None:
     """A Qwen3-VL-8B-shaped judge folder (config, weights, tokenizer, processor, chat template) for vLLM."""
     from transformers import Qwen3VLForConditionalGeneration, Qwen3VLProcessor, Qwen3VLVideoProcessor
 
@@ -202,7 +210,7 @@ def build_qwen3_vl_8b_judge(path: Path) -> None:
     tokenizer = build_tokenizer()
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
     torch.manual_seed(0)
-    model = Qwen3VLForConditionalGeneration(qwen3_vl_8b_config(len(tokenizer), ids)).eval()
+    model = Qwen3VLForConditionalGeneration(qwen3_vl_8b_config(len(tokenizer), ids, full_depth)).eval()
     model.generation_config.eos_token_id = ids["<|im_end|>"]
     model.generation_config.pad_token_id = ids["<|endoftext|>"]
     video = {k: QWEN3_VL_IMAGE_PROCESSOR_CONFIG[k] for k in ("patch_size", "temporal_patch_size", "merge_size")}
@@ -217,11 +225,12 @@ def build_qwen3_vl_8b_judge(path: Path) -> None:
     (path / _MARKER).touch()
 
 
-def clip_vit_h14_config(tokenizer=None):
-    """laion CLIP ViT-H/14's config at the cut depth; with a tokenizer, its vocabulary and special tokens."""
+def clip_vit_h14_config(tokenizer=None, full_depth: bool = False):
+    """laion CLIP ViT-H/14's config at the cut (or full) depth; with a tokenizer, its vocabulary and tokens."""
     from transformers import CLIPConfig
 
-    text = CLIP_VIT_H14_TEXT_CONFIG | {"num_hidden_layers": DEPTH["clip_layers"]}
+    layers = (FULL_DEPTH if full_depth else DEPTH)["clip_layers"]
+    text = CLIP_VIT_H14_TEXT_CONFIG | {"num_hidden_layers": layers or CLIP_VIT_H14_TEXT_CONFIG["num_hidden_layers"]}
     if tokenizer is not None:
         text |= {
             "vocab_size": len(tokenizer),
@@ -231,12 +240,13 @@ def clip_vit_h14_config(tokenizer=None):
         }
     return CLIPConfig(
         text_config=text,
-        vision_config=CLIP_VIT_H14_VISION_CONFIG | {"num_hidden_layers": DEPTH["clip_layers"]},
+        vision_config=CLIP_VIT_H14_VISION_CONFIG
+        | {"num_hidden_layers": layers or CLIP_VIT_H14_VISION_CONFIG["num_hidden_layers"]},
         projection_dim=CLIP_VIT_H14_PROJECTION_DIM,
     )
 
 
-def build_clip_vit_h14(path: Path) -> None:
+def build_clip_vit_h14(path: Path, full_depth: bool = False) -> None:
     """A CLIP ViT-H/14-shaped CLIPModel folder with tokenizer and the 224 px CLIP image processor (clip_score)."""
     from transformers import CLIPImageProcessor, CLIPModel
 
@@ -244,21 +254,23 @@ def build_clip_vit_h14(path: Path) -> None:
 
     tokenizer = build_tokenizer()
     torch.manual_seed(0)
-    CLIPModel(clip_vit_h14_config(tokenizer)).eval().save_pretrained(path)
+    CLIPModel(clip_vit_h14_config(tokenizer, full_depth)).eval().save_pretrained(path)
     tokenizer.save_pretrained(path)
     size = CLIP_VIT_H14_VISION_CONFIG["image_size"]
     CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size}).save_pretrained(path)
     (path / _MARKER).touch()
 
 
-REAL_SHAPE_JUDGES: dict[str, Callable[[Path], None]] = {
+REAL_SHAPE_JUDGES: dict[str, Callable[..., None]] = {
     "real-shape-qwen3-vl-8b-judge": build_qwen3_vl_8b_judge,  # CodeGoat24/UnifiedReward-Flex-qwen3vl-8b
     "real-shape-clip-vit-h-14": build_clip_vit_h14,  # laion/CLIP-ViT-H-14-laion2B-s32B-b79K
 }
 
 
-def real_shape_judge_path(name: str) -> Path:
-    """The cached folder of a real-shape judge or CLIP scorer, built on first use."""
+def real_shape_judge_path(name: str, full_depth: bool = False) -> Path:
+    """The cached folder of a real-shape judge or CLIP scorer, built on first use (full depth: in bf16)."""
     if name not in REAL_SHAPE_JUDGES:
         raise ValueError(f"unknown real-shape judge {name!r}; known: {sorted(REAL_SHAPE_JUDGES)}")
-    return cached_build(name, REAL_SHAPE_JUDGES[name], _MARKER)
+    if not full_depth:
+        return cached_build(name, REAL_SHAPE_JUDGES[name], _MARKER)
+    return cached_build(f"{name}-full-depth", partial(built_in_bf16, REAL_SHAPE_JUDGES[name]), _MARKER)

@@ -263,3 +263,23 @@ def test_the_published_facts_in_the_builders_are_the_hub_configs():
     same_except(rj.QWEN3_VL_8B_VISION_CONFIG, QWEN3_VL_8B_VISION, set())
     same_except(rj.QWEN25_VL_7B_VISION_CONFIG, QWEN25_VL_7B_VISION, set())
     same_except(rj.CLIP_VIT_H14_VISION_CONFIG, CLIP_H14_VISION, set())
+
+
+def test_full_depth_builds_are_the_published_architectures_exactly():
+    """What scripts/gpu_check.sh builds: no cut but the vocabulary."""
+    from actors.tiny_models import build_tokenizer
+    from reward_workers.tiny_judge import SPECIAL_TOKENS
+
+    tr = diffusers_config("SD3Transformer2DModel", rs.sd35_medium_transformer_config(full_depth=True))
+    same_except(tr, SD35_MEDIUM_TRANSFORMER, set())
+    tr = diffusers_config("FluxTransformer2DModel", rs.flux_dev_transformer_config(full_depth=True))
+    same_except(tr, FLUX_DEV_TRANSFORMER, set())
+    tr = diffusers_config("WanTransformer3DModel", rs.wan21_transformer_config(full_depth=True))
+    same_except(tr, WAN21_T2V_13B_TRANSFORMER, set())
+    same_except(rs.t5_config("T5Config", rs.T5_XXL_CONFIG, build_tokenizer(), full_depth=True).to_dict(), T5_XXL, set())
+    clip_g = rs.clip_text_config(rs.CLIP_G_TEXT_CONFIG, build_tokenizer(), full_depth=True).to_dict()
+    same_except(clip_g, CLIP_G_TEXT, set())
+    judge = rj.qwen3_vl_8b_config(600, {t: i for i, t in enumerate(SPECIAL_TOKENS)}, full_depth=True)
+    same_except(judge.text_config.to_dict(), QWEN3_VL_8B_TEXT, set())
+    same_except(judge.vision_config.to_dict(), QWEN3_VL_8B_VISION, set())
+    same_except(rj.clip_vit_h14_config(full_depth=True).vision_config.to_dict(), CLIP_H14_VISION, set())
