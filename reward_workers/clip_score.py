@@ -5,6 +5,11 @@
 is their cosine similarity: `clip_score`, and HPSv2 (its authors score a CLIP ViT-H/14 fine-tune by the plain
 cosine of image and text features); with `logit_scale` the cosine times the model's learned exp(logit_scale),
 which is PickScore's score. Video: the mean over evenly spaced frames.
+
+Published weights: pickscore `model: yuvalkirstain/PickScore_v1` with `processor:
+laion/CLIP-ViT-H-14-laion2B-s32B-b79K` (its authors' processor); hpsv2 a transformers CLIP conversion of the
+authors' open_clip checkpoint (e.g. adams-story/HPSv2-hf, of HPS v2) with `processor:
+openai/clip-vit-base-patch32` (the plain CLIP tokenizer and 224 px preprocessing HPSv2 uses).
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ import torch
 from flexgrpo.model_cache import cached_build
 
 IMAGE_SIZE = 32  # pixels the tiny image processors resize and crop to
-_MARKER = ".built-v2"  # bump when a build changes, so cached folders are rebuilt
+_MARKER = ".built-v3"  # bump when a build changes, so cached folders are rebuilt
 
 
 def _clip_image_processor():
@@ -84,17 +84,20 @@ def build_tiny_aesthetic(path: Path) -> None:
 
 
 def build_bert_tokenizer():
-    """A lower-casing WordPiece tokenizer with BERT's special tokens, trained on a fixed text."""
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
+    """A lower-casing WordPiece tokenizer with BERT's special tokens over a fixed vocabulary (whole words, then
+    letters and word-piece letters, so any lower-case ASCII text tokenizes)."""
+    import string
+
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
     specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    words = "a photo of the cat dog red blue green tree house sky sea car on in with and big small".split()
-    text = [" ".join(words[i:] + words[:i]) for i in range(len(words))]
-    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    words = sorted(set("a photo of the cat dog red blue green tree house sky sea car on in with and big small".split()))
+    letters = list(string.ascii_lowercase + string.digits + string.punctuation)
+    tokens = specials + words + [c for c in letters if c not in words] + [f"##{c}" for c in letters]
+    tok = Tokenizer(models.WordPiece({t: i for i, t in enumerate(tokens)}, unk_token="[UNK]"))
     tok.normalizer = normalizers.BertNormalizer(lowercase=True)
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tok.train_from_iterator(text, trainers.WordPieceTrainer(vocab_size=200, special_tokens=specials))
     tok.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]", special_tokens=[(s, tok.token_to_id(s)) for s in ("[CLS]", "[SEP]")]
     )
