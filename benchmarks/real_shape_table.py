@@ -78,6 +78,9 @@ def policy_models(family: str) -> tuple[torch.nn.Module, list[torch.nn.Module], 
                 "umt5_xxl": transformers.UMT5EncoderModel(transformers.UMT5Config(**rs.UMT5_XXL_CONFIG)),
                 "vae": diffusers.AutoencoderKLWan(**rs.WAN21_VAE_CONFIG),
             }
+    for part in parts.values():  # meta-device init leaves T5's input embedding untied from `shared`
+        if isinstance(part, transformers.PreTrainedModel):
+            part.tie_weights()
     return tr, blocks, parts
 
 
