@@ -29,6 +29,11 @@ JPEG_QUALITY = 95
 # ~12 Flex prompts instead of ~3.
 MAX_BATCH_REQUESTS = 1024
 MAX_BATCH_TOKENS = 16384
+# The engine's context (prompt + reply tokens). vLLM sizes it to the model's own by default (Qwen3-VL: 262,144)
+# and refuses to start unless the KV cache holds one whole such sequence: 36 GiB in bf16 for an 8B Qwen3-VL.
+# The largest judge request of the recipes is a Flex video pair at 480x832 (16 frames: 6,240 image tokens and
+# the template, ~7.7k; benchmarks/real_shape_table.py) plus a 4,096-token reply.
+JUDGE_MAX_MODEL_LEN = 32768
 
 
 @dataclass(frozen=True)
@@ -239,6 +244,14 @@ def engine_conversations(requests: list[JudgeRequest]) -> list[list[dict]]:
     return [[{"role": "user", "content": [part(p) for p in r.parts]}] for r in requests]
 
 
+def judge_max_model_len(model: str) -> int:
+    """JUDGE_MAX_MODEL_LEN, or the model's own context where that is shorter."""
+    from transformers import AutoConfig
+
+    own = getattr(AutoConfig.from_pretrained(model).get_text_config(), "max_position_embeddings", None)
+    return min(JUDGE_MAX_MODEL_LEN, own or JUDGE_MAX_MODEL_LEN)
+
+
 def _start_engine(model: str, max_images: int):
     prepare_vllm_environment()
     import torch
@@ -246,6 +259,7 @@ def _start_engine(model: str, max_images: int):
 
     return vllm.LLM(
         model=model,
+        max_model_len=judge_max_model_len(model),
         enforce_eager=not torch.cuda.is_available(),  # CUDA graphs on GPUs; eager on CPU (fast start)
         dtype=engine_dtype(),
         limit_mm_per_prompt={"image": max_images},
