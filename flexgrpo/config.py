@@ -144,6 +144,7 @@ class RewardSpec:
     pairs_per_sample: int | None = None  # pairwise judges: compare each sample with k others (null: all pairs)
     structured_text_chars: int | None = None  # structured outputs: cap on each free-text field (null: none)
     video_frames: int = 8  # judges: frames taken evenly from each video (a pairwise request holds twice this)
+    kv_cache_gib: float | None = None  # vllm backend: KV cache GiB (null: 1 on CPU, vLLM's memory share on GPUs)
 
 
 @dataclass
@@ -177,6 +178,8 @@ class EvalConfig:
     prompts_file: str | None = None  # held-out prompts, one per line; null uses the built-in tiny list
     num_prompts: int = 4  # held-out prompts per evaluation (the first N of the file)
     samples_per_prompt: int = 2  # ODE samples per prompt, fixed seeds, eval_num_steps steps
+    # scorers for the evaluation only, e.g. CLIP beside a Flex judge (empty: the training rewards, as now swapped)
+    rewards: list[RewardSpec] = field(default_factory=list)
 
 
 @dataclass
@@ -373,29 +376,35 @@ def _validate_grpo(cfg: Config) -> None:
 
 
 def _validate_rewards(cfg: Config) -> None:
-    """rewards[i].*"""
-    g = cfg.grpo
+    """rewards[i].* and eval.rewards[i].*"""
     if not cfg.rewards:
         raise ConfigError("rewards is empty: name at least one reward model")
-    for i, spec in enumerate(cfg.rewards):
-        _positive(f"rewards[{i}].weight", spec.weight, allow_zero=True)
-        _positive(f"rewards[{i}].max_concurrency", spec.max_concurrency)
-        _positive(f"rewards[{i}].timeout_s", spec.timeout_s)
+    _validate_reward_list("rewards", cfg.rewards, cfg.grpo.group_size)
+    _validate_reward_list("eval.rewards", cfg.eval.rewards, cfg.grpo.group_size)
+
+
+def _validate_reward_list(key: str, specs: list[RewardSpec], group_size: int) -> None:
+    for i, spec in enumerate(specs):
+        _positive(f"{key}[{i}].weight", spec.weight, allow_zero=True)
+        _positive(f"{key}[{i}].max_concurrency", spec.max_concurrency)
+        _positive(f"{key}[{i}].timeout_s", spec.timeout_s)
         if not 0 <= spec.max_retries <= MAX_JUDGE_RETRIES:
             raise ConfigError(
-                f"rewards[{i}].max_retries must be in [0, {MAX_JUDGE_RETRIES}] (a judge request's retries take the "
+                f"{key}[{i}].max_retries must be in [0, {MAX_JUDGE_RETRIES}] (a judge request's retries take the "
                 f"sampling seeds after its own, {MAX_JUDGE_RETRIES + 1} per request), got {spec.max_retries}"
             )
-        _positive(f"rewards[{i}].max_new_tokens", spec.max_new_tokens)
-        _one_of(f"rewards[{i}].protocol", spec.protocol, JUDGE_PROTOCOLS)
+        _positive(f"{key}[{i}].max_new_tokens", spec.max_new_tokens)
+        _one_of(f"{key}[{i}].protocol", spec.protocol, JUDGE_PROTOCOLS)
         if spec.temperature is not None:
-            _positive(f"rewards[{i}].temperature", spec.temperature, allow_zero=True)
+            _positive(f"{key}[{i}].temperature", spec.temperature, allow_zero=True)
         if spec.structured_text_chars is not None:
-            _positive(f"rewards[{i}].structured_text_chars", spec.structured_text_chars)
-        _positive(f"rewards[{i}].video_frames", spec.video_frames)
-        if spec.pairs_per_sample is not None and not 1 <= spec.pairs_per_sample < g.group_size:
+            _positive(f"{key}[{i}].structured_text_chars", spec.structured_text_chars)
+        _positive(f"{key}[{i}].video_frames", spec.video_frames)
+        if spec.kv_cache_gib is not None:
+            _positive(f"{key}[{i}].kv_cache_gib", spec.kv_cache_gib)
+        if spec.pairs_per_sample is not None and not 1 <= spec.pairs_per_sample < group_size:
             raise ConfigError(
-                f"rewards[{i}].pairs_per_sample must be in [1, group_size - 1 = {g.group_size - 1}], "
+                f"{key}[{i}].pairs_per_sample must be in [1, group_size - 1 = {group_size - 1}], "
                 f"got {spec.pairs_per_sample}"
             )
 
@@ -429,7 +438,10 @@ def _validate_logging_and_eval(cfg: Config) -> None:
     for key in ("rollout_s", "reward_s", "learner_s"):
         _positive(f"holds.{key}", getattr(cfg.holds, key), allow_zero=True)
     _positive("eval.every", cfg.eval.every, allow_zero=True)
-    _positive("eval.num_prompts", cfg.eval.num_prompts)
+    if cfg.eval.num_prompts < 2:
+        raise ConfigError(
+            f"eval.num_prompts must be >= 2 (win rates get an interval over prompts), got {cfg.eval.num_prompts}"
+        )
     _positive("eval.samples_per_prompt", cfg.eval.samples_per_prompt)
 
 
@@ -443,6 +455,11 @@ def _validate_cluster(cfg: Config) -> None:
         _positive(f"cluster.{pool}.num_workers", p.num_workers)
         _positive(f"cluster.{pool}.gpus_per_worker", p.gpus_per_worker, allow_zero=True)
         _positive(f"cluster.{pool}.cpus_per_worker", p.cpus_per_worker, allow_zero=True)
+    if c.address is not None and c.address.startswith("ray://") and not c.redis_url:
+        raise ConfigError(
+            f"cluster.address {c.address!r} is a Ray Client address: the workers cannot reach a Redis embedded on "
+            "this machine; set cluster.redis_url to a Redis the cluster's nodes can reach"
+        )
     if c.address is None:
         wanted = sum(
             getattr(c, p).num_workers * getattr(c, p).gpus_per_worker for p in ("rollout", "reward", "learner")

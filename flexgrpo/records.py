@@ -132,3 +132,21 @@ class WeightUpdate:
             for a, b in self.bucket_ranges()
         ]
         return max(sizes, default=0)
+
+
+@dataclass(frozen=True)
+class VersusStart:
+    """One evaluation prompt scored by one evaluation reward against the starting policy's samples of the same
+    prompt and seeds. S = samples per prompt; a part is "" (the reward itself) or a component's name."""
+
+    group_id: str
+    reward: str  # the evaluation reward's name
+    pairwise: bool  # True: judged beside the start sample; False: each sample scored alone
+    candidate: dict[str, torch.Tensor]  # part -> [S] float32. pairwise: each sample's win rate against its start
+    # sample over both orders (ties and unreadable replies 0.5; NaN where a component has no evidence);
+    # pointwise: the sample's score
+    reference: dict[str, torch.Tensor]  # pointwise: part -> [S] float32 the start sample's score; pairwise: {}
+    first_position_wins: int = 0  # pairwise: decided judgements won by the sample shown first
+    position_decided: int = 0  # pairwise: judgements with a winner
+    unparsed: int = 0  # judge replies that did not parse (ties)
+    requests: int = 0  # judge requests made

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -14,6 +15,8 @@ from flexgrpo.control_plane import ControlPlane
 if TYPE_CHECKING:
     from cluster.ray_cluster import RoleGroup
 
+
+log = logging.getLogger("flexgrpo")
 
 # Reward workers take several groups at once: their judges batch the requests of all groups in flight, and a
 # swap builds its models while scoring goes on.
@@ -41,17 +44,17 @@ def preflight(cfg: Config) -> None:
     from actors.tiny_models import TINY_MODELS
     from flexgrpo.model_cache import check_model_reference
     from flexgrpo.prompts import load_prompts
-    from reward_workers.registry import check_reward_specs
-    from reward_workers.tiny_judge import TINY_JUDGE
+    from reward_workers.registry import TINY_REWARD_MODELS, check_reward_specs
 
     check_family(cfg.policy.family)
     check_model_reference("policy.model", cfg.policy.model, TINY_MODELS)
-    check_reward_specs(cfg.rewards)
-    for i, spec in enumerate(cfg.rewards):
-        if spec.model and spec.backend != "http":  # over http, model is the served model's name
-            check_model_reference(f"rewards[{i}].model", spec.model, [TINY_JUDGE])
+    for key, specs in (("rewards", cfg.rewards), ("eval.rewards", cfg.eval.rewards)):
+        check_reward_specs(specs, key)
+        for i, spec in enumerate(specs):
+            if spec.model and spec.backend != "http":  # over http, model is the served model's name
+                check_model_reference(f"{key}[{i}].model", spec.model, TINY_REWARD_MODELS)
     load_prompts(cfg.prompts)
-    load_prompts(PromptsConfig(file=cfg.eval.prompts_file))
+    load_prompts(PromptsConfig(file=cfg.eval.prompts_file), key="eval.prompts_file")
 
 
 def build_roles(cfg: Config, control: ControlPlane | None = None) -> Roles:
@@ -75,7 +78,7 @@ def build_roles(cfg: Config, control: ControlPlane | None = None) -> Roles:
     reward = RoleGroup(c.reward, name="reward").spawn(
         RewardWorker,
         args=(cfg.rewards,),
-        kwargs_per_rank=[{"hold_s": holds.reward_s}] * c.reward.num_workers,
+        kwargs_per_rank=[{"eval_specs": cfg.eval.rewards, "hold_s": holds.reward_s}] * c.reward.num_workers,
         max_restarts=-1,
         max_concurrency=REWARD_CALLS_AT_ONCE,
     )
@@ -105,6 +108,7 @@ def spawn_learner(cfg: Config) -> RoleGroup:
     pool = cfg.cluster.learner
     learner = RoleGroup(pool, name="learner")
     master_addr, master_port = learner.rendezvous_address()  # DeepSpeed's rendezvous, on rank 0's node
+    log.info("learner rendezvous for the ranks: %s:%d", master_addr, master_port)
     return learner.spawn(
         GRPOLearner,
         args=(cfg.policy, cfg.sampler, cfg.grpo, cfg.learner),
@@ -141,6 +145,7 @@ def connect_weight_sync(roles: Roles) -> None:
     from actors.rollout_worker import WEIGHTS_THREAD
 
     host, port = roles.learner.rendezvous_address()
+    log.info("weight-sync rendezvous for the learner and the rollout workers: %s:%d", host, port)
     world = 1 + len(roles.rollout)
     ray.get(
         [roles.learner.actors[0].join_weight_sync.remote(host, port, world)]

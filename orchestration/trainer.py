@@ -21,10 +21,10 @@ import ray
 import torch
 from tqdm import tqdm
 
-from flexgrpo.config import Config, PromptsConfig
+from flexgrpo.config import Config
 from flexgrpo.control_plane import ControlPlane, write_status_file
 from flexgrpo.prompts import load_prompts
-from flexgrpo.records import PromptGroup, ScoredGroup, TrainedStep
+from flexgrpo.records import MediaGroup, ScoredGroup, TrainedStep
 from orchestration.checkpoints import (
     RunState,
     checkpoint_step,
@@ -32,6 +32,7 @@ from orchestration.checkpoints import (
     read_run_state,
     write_checkpoint,
 )
+from orchestration.evaluation import Evaluation
 from orchestration.operator import Operator, RewardSpecs
 from orchestration.pipeline import GroupInFlight, GroupPipeline
 from orchestration.recovery import Recovery
@@ -46,7 +47,7 @@ class Trainer:
     def __init__(self, cfg: Config, roles: Roles, control: ControlPlane, logger: MetricsLogger, run_dir: Path):
         self.cfg, self.roles, self.control, self.logger, self.run_dir = cfg, roles, control, logger, run_dir
         self.prompts = load_prompts(cfg.prompts)  # the run's prompt stream (every pipeline draws from it)
-        self.eval_prompts = load_prompts(PromptsConfig(file=cfg.eval.prompts_file))[: cfg.eval.num_prompts]
+        self.evaluation = Evaluation(cfg, run_dir)  # held-out prompts, scored against the starting policy
         self.step = 0  # the next learner step
         self.version = 0  # the learner's policy version (the learner owns it; this mirrors its last answer)
         self.recovery = Recovery(self)
@@ -86,8 +87,10 @@ class Trainer:
         """Train until `run.num_steps` or a stop; -> the final status ("finished" or "stopped")."""
         cfg = self.cfg
         self.control.update_run(status="running")
-        if cfg.eval.before_training and self.step == 0:
-            self.baseline = self.evaluate(prefix="eval_before")
+        if cfg.eval.every > 0 or cfg.eval.before_training:
+            start_samples = self.evaluation.prepare(self.roles.rollout.actors, self.step)
+            if cfg.eval.before_training and self.step == 0:  # the starting policy against itself
+                self.baseline = self.evaluate(prefix="eval_before", samples=start_samples)
         bar = tqdm(total=cfg.run.num_steps, initial=self.step, desc="grpo", unit="step", dynamic_ncols=True)
         while self.step < cfg.run.num_steps:
             self.operator.poll()
@@ -229,28 +232,21 @@ class Trainer:
         every = self.cfg.eval.every
         return every > 0 and (next_step % every == 0 or next_step == self.cfg.run.num_steps)
 
-    def evaluate(self, prefix: str = "eval") -> dict[str, float]:
+    def evaluate(self, prefix: str = "eval", samples: list[MediaGroup] | None = None) -> dict[str, float]:
         """ODE samples of the held-out prompts (fixed seeds, eval step count) at the current version, with the
-        EMA of the weights when `learner.ema_decay` is on, scored by the reward pool: `<prefix>/` metrics and a
-        grid of the samples (`samples/<prefix>_<step>.png`)."""
+        EMA of the weights when `learner.ema_decay` is on (`samples`: ones already made at this version), scored
+        against the starting policy's samples by the evaluation scorers (orchestration/evaluation.py):
+        `<prefix>/` metrics and a grid of the samples (`samples/<prefix>_<step>.png`)."""
         with self.timed("eval"):
-            groups = [
-                PromptGroup(f"eval-{i}", prompt, self.cfg.eval.samples_per_prompt, seed=i)
-                for i, prompt in enumerate(self.eval_prompts)
-            ]
-            ema = self.cfg.learner.ema_decay > 0 and self.weights.publish(ema=True) is not None
-            rollout, reward = self.roles.rollout.actors, self.roles.reward.actors
-            media_refs = [rollout[i % len(rollout)].evaluate.remote(g, self.version, ema) for i, g in enumerate(groups)]
-            scored = ray.get([reward[i % len(reward)].score.remote(m) for i, m in enumerate(media_refs)])
-        rewards = torch.cat([s.rewards for s in scored])
-        metrics = {
-            f"{prefix}/reward_mean": rewards.mean().item(),
-            f"{prefix}/reward_std": rewards.std().item() if rewards.numel() > 1 else 0.0,
-            f"{prefix}/unparsed": float(sum(s.unparsed for s in scored)),
-            f"{prefix}/ema": float(ema),  # 1: the EMA of the weights was evaluated
-        }
-        self.logger.log_samples(self.step, [m.media for m in ray.get(media_refs)], self.eval_prompts, name=prefix)
-        log.info("%s at version %d: reward %.4f", prefix, self.version, metrics[f"{prefix}/reward_mean"])
+            ema = samples is None and self.cfg.learner.ema_decay > 0 and self.weights.publish(ema=True) is not None
+            if samples is None:
+                samples = self.evaluation.sample(self.roles.rollout.actors, self.version, ema)
+            training = [spec.name for spec in self.operator.specs.versions[self.operator.specs.latest]]
+            figures = self.evaluation.score(self.roles.reward.actors, samples, training)
+        metrics = {f"{prefix}/{k}": v for k, v in figures.items()} | {f"{prefix}/ema": float(ema)}
+        self.logger.log_samples(self.step, [m.media for m in samples], self.evaluation.prompts, name=prefix)
+        shown = {k.removeprefix(f"{prefix}/"): round(v, 4) for k, v in metrics.items() if k.endswith("_vs_start")}
+        log.info("%s at version %d: %s", prefix, self.version, shown)
         return metrics
 
     # ---- checkpoints ------------------------------------------------------------------------------------

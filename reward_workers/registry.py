@@ -6,6 +6,8 @@ from collections.abc import Callable
 
 from flexgrpo.config import ConfigError, RewardSpec
 from reward_workers.base import RewardModel
+from reward_workers.tiny_judge import TINY_JUDGE
+from reward_workers.tiny_scorers import TINY_SCORERS
 
 
 def _jpeg_compressibility(spec: RewardSpec) -> RewardModel:
@@ -18,6 +20,18 @@ def _jpeg_incompressibility(spec: RewardSpec) -> RewardModel:
     from reward_workers.programmatic import JpegSize
 
     return JpegSize(sign=1.0)
+
+
+def _jpeg_compressibility_pairwise(spec: RewardSpec) -> RewardModel:
+    from reward_workers.programmatic import JpegPreference
+
+    return JpegPreference(spec, prefer_smaller=True)
+
+
+def _jpeg_incompressibility_pairwise(spec: RewardSpec) -> RewardModel:
+    from reward_workers.programmatic import JpegPreference
+
+    return JpegPreference(spec, prefer_smaller=False)
 
 
 def _judge_backend(spec: RewardSpec):
@@ -99,6 +113,8 @@ def _image_reward(spec: RewardSpec) -> RewardModel:
 REWARD_MODELS: dict[str, Callable[[RewardSpec], RewardModel]] = {
     "jpeg_compressibility": _jpeg_compressibility,
     "jpeg_incompressibility": _jpeg_incompressibility,
+    "jpeg_compressibility_pairwise": _jpeg_compressibility_pairwise,  # prefers the smaller JPEG of each pair
+    "jpeg_incompressibility_pairwise": _jpeg_incompressibility_pairwise,  # prefers the larger JPEG of each pair
     "unifiedreward_flex": _unifiedreward_flex,
     "unifiedreward_think": _unifiedreward_think,
     "unifiedreward_2": _unifiedreward_2,
@@ -112,27 +128,35 @@ SCORERS = ("aesthetic", "clip_score", "hpsv2", "image_reward", "pickscore")  # m
 MODEL_REWARDS = (*SCORERS, "unifiedreward_2", "unifiedreward_flex", "unifiedreward_think")  # need a model
 JUDGES = ("unifiedreward_2", "unifiedreward_flex", "unifiedreward_think")  # served by a judge backend
 JUDGE_BACKENDS = ("http", "transformers", "vllm")
+TINY_REWARD_MODELS = (TINY_JUDGE, *TINY_SCORERS)  # model names that are built here, on first use
+# rewards that are group win rates of pairwise judgements (the evaluation judges them against the start)
+PAIRWISE = (
+    "jpeg_compressibility_pairwise",
+    "jpeg_incompressibility_pairwise",
+    "unifiedreward_flex",
+    "unifiedreward_think",
+)
 
 
-def check_reward_specs(specs: list[RewardSpec]) -> None:
+def check_reward_specs(specs: list[RewardSpec], key: str = "rewards") -> None:
     """Fail at start-up on an unknown or repeated reward name (listing the known ones), or a judge that lacks
     its model, a known backend, or (http) a URL."""
     seen = set()
     for i, spec in enumerate(specs):
         if spec.name not in REWARD_MODELS:
-            raise ConfigError(f"rewards[{i}].name must be one of {sorted(REWARD_MODELS)}, got {spec.name!r}")
+            raise ConfigError(f"{key}[{i}].name must be one of {sorted(REWARD_MODELS)}, got {spec.name!r}")
         if spec.name in seen:
-            raise ConfigError(f"rewards[{i}].name {spec.name!r} appears twice: give each reward once")
+            raise ConfigError(f"{key}[{i}].name {spec.name!r} appears twice: give each reward once")
         if spec.name in MODEL_REWARDS and not spec.model:
             raise ConfigError(
-                f"rewards[{i}].model is required for {spec.name}: a model folder or hub id "
+                f"{key}[{i}].model is required for {spec.name}: a model folder or hub id "
                 "(judges: or tiny-qwen2.5-vl-judge; http backend: the served model name)"
             )
         if spec.name in JUDGES and spec.backend not in JUDGE_BACKENDS:
-            raise ConfigError(f"rewards[{i}].backend must be one of {list(JUDGE_BACKENDS)}, got {spec.backend!r}")
+            raise ConfigError(f"{key}[{i}].backend must be one of {list(JUDGE_BACKENDS)}, got {spec.backend!r}")
         if spec.name in JUDGES and spec.backend == "http" and not spec.url:
             raise ConfigError(
-                f"rewards[{i}].url is required with backend http: the server's base URL, e.g. http://host:8000/v1"
+                f"{key}[{i}].url is required with backend http: the server's base URL, e.g. http://host:8000/v1"
             )
         seen.add(spec.name)
 

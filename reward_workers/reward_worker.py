@@ -10,9 +10,10 @@ import torch
 
 from flexgrpo.config import RewardSpec
 from flexgrpo.heartbeat import Heartbeating
-from flexgrpo.records import MediaGroup, ScoredGroup
+from flexgrpo.records import MediaGroup, ScoredGroup, VersusStart
 from reward_workers.base import RewardModel, RewardOutput
-from reward_workers.registry import build_reward, check_reward_specs
+from reward_workers.registry import PAIRWISE, build_reward, check_reward_specs
+from reward_workers.versus_start import score_versus_start
 
 
 @dataclass
@@ -56,13 +57,24 @@ class RewardWorker(Heartbeating):
     batches; nothing is held across a group. Each call scores all its groups with the one spec version current
     when it starts (a group never mixes specs); `swap` builds the new models while scoring goes on, and the old
     ones are closed when the last call using them ends.
+
+    Evaluation scorers (`eval_specs`, built once, never swapped) score evaluation groups against the starting
+    policy's (`versus_start`); without them the evaluation uses the current training spec.
     """
 
-    def __init__(self, specs: list[RewardSpec], version: int = 0, *, hold_s: float = 0.0) -> None:
+    def __init__(
+        self,
+        specs: list[RewardSpec],
+        version: int = 0,
+        *,
+        eval_specs: list[RewardSpec] | None = None,
+        hold_s: float = 0.0,
+    ) -> None:
         self.hold_s = hold_s  # benchmarks and tests: a sleep per scoring call, standing in for a GPU-bound judge
         self._hold = threading.Lock()  # ... that scores one call at a time
         self._current: _Loaded | None = None
         self._swap_lock = threading.Lock()  # held only to exchange the current spec
+        self._eval = _load(eval_specs, version=0) if eval_specs else None
         self.swap(specs, version)
 
     @property
@@ -84,17 +96,9 @@ class RewardWorker(Heartbeating):
         """Load a new reward spec; the old models are released once no scoring uses them.
 
         A spec that fails to build leaves the current one in place (and releases what it had built)."""
-        check_reward_specs(specs)
-        models: list[RewardModel] = []
-        try:
-            for spec in specs:
-                models.append(build_reward(spec))
-        except BaseException:
-            for model in models:
-                model.close()
-            raise
+        loaded = _load(specs, version)
         with self._swap_lock:
-            old, self._current = self._current, _Loaded(list(specs), models, version)
+            old, self._current = self._current, loaded
         if old is not None:
             old.retire()
         return version
@@ -121,6 +125,36 @@ class RewardWorker(Heartbeating):
             with self._hold:
                 time.sleep(self.hold_s)
         return [_scored(group, loaded, [outputs[g] for outputs in per_model]) for g, group in enumerate(groups)]
+
+    def versus_start(self, candidates: list[MediaGroup], references: list[MediaGroup]) -> list[VersusStart]:
+        """Evaluation groups against the starting policy's groups of the same prompts and seeds (same order),
+        with every evaluation scorer: one VersusStart per scorer and group, scorers in spec order."""
+        with self._swap_lock:
+            loaded = self._eval or self._current
+            assert loaded is not None
+            loaded.enter()
+        try:
+            return [
+                result
+                for spec, model in zip(loaded.specs, loaded.models, strict=True)
+                for result in score_versus_start(spec, model, spec.name in PAIRWISE, candidates, references)
+            ]
+        finally:
+            loaded.leave()
+
+
+def _load(specs: list[RewardSpec], version: int) -> _Loaded:
+    """Build the models of a spec; one that fails releases what was built and raises."""
+    check_reward_specs(specs)
+    models: list[RewardModel] = []
+    try:
+        for spec in specs:
+            models.append(build_reward(spec))
+    except BaseException:
+        for model in models:
+            model.close()
+        raise
+    return _Loaded(list(specs), models, version)
 
 
 def _scored(group: MediaGroup, loaded: _Loaded, outputs: list[RewardOutput]) -> ScoredGroup:

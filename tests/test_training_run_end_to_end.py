@@ -120,11 +120,14 @@ def test_evaluation_runs_on_schedule_with_fixed_seeds_and_a_baseline(ray_local, 
         return [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
 
     rows = run("eval", 0.0)
+    mean = "jpeg_compressibility/mean"  # the training reward scores the evaluation (no eval.rewards)
     assert [r["step"] for r in rows] == [0, 1]
-    assert all("eval/reward_mean" in r and r["timing/eval"] > 0 and r["eval/ema"] == 0 for r in rows)
-    evals = [rows[0]["eval_before/reward_mean"], rows[0]["eval/reward_mean"], rows[1]["eval/reward_mean"]]
+    assert all(f"eval/{mean}" in r and r["timing/eval"] > 0 and r["eval/ema"] == 0 for r in rows)
+    evals = [rows[0][f"eval_before/{mean}"], rows[0][f"eval/{mean}"], rows[1][f"eval/{mean}"]]
     assert len(set(evals)) == 3, evals  # versions 0, 1, 2: same seeds, new weights
-    assert "eval_before/reward_mean" not in rows[1]  # the baseline is logged once, with the first step
+    assert rows[0]["eval_before/jpeg_compressibility/delta_vs_start"] == 0.0  # the start against itself
+    assert rows[1]["eval/jpeg_compressibility/delta_vs_start"] == pytest.approx(evals[2] - evals[0])
+    assert f"eval_before/{mean}" not in rows[1]  # the baseline is logged once, with the first step
     assert (tmp_path / "eval" / "samples" / "eval_before_00000.png").is_file()
     assert (tmp_path / "eval" / "samples" / "eval_00001.png").is_file()
 
@@ -132,5 +135,5 @@ def test_evaluation_runs_on_schedule_with_fixed_seeds_and_a_baseline(ray_local, 
     # the weights (0.5 w0 + 0.5 w1 after the first step)
     ema_rows = run("eval-ema", 0.5)
     assert all(r["eval/ema"] == 1 for r in ema_rows)
-    assert ema_rows[0]["eval_before/reward_mean"] == evals[0]
-    assert ema_rows[0]["eval/reward_mean"] != evals[1]
+    assert ema_rows[0]["eval_before/" + mean] == evals[0]
+    assert ema_rows[0]["eval/" + mean] != evals[1]
