@@ -253,6 +253,8 @@ def _train(argv: list[str]) -> int:
     if means:
         print(f"mean reward, first {k} steps: {sum(means[:k]) / k:.4f}")
         print(f"mean reward, last {k} steps:  {sum(means[-k:]) / k:.4f}")
+    for name, (rate, lo, hi) in summary.win_rates.items():
+        print(f"win rate against the start ({name}, last evaluation): {rate:.3f} [95% {lo:.3f}, {hi:.3f}]")
     if summary.lora_dir:
         print(f"LoRA (diffusers format): {summary.lora_dir}")
     return 0

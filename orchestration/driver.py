@@ -21,6 +21,7 @@ from pathlib import Path
 from flexgrpo.config import Config, to_dict, to_yaml
 from flexgrpo.control_plane import ControlPlane, write_status_file
 from orchestration.checkpoints import latest_checkpoint
+from orchestration.evaluation import last_win_rates
 from orchestration.failures import describe_failure
 from orchestration.ownership import RunOwnership
 from orchestration.reporting import MetricsLogger, read_metrics
@@ -37,6 +38,7 @@ class RunSummary:
     status: str  # finished or stopped
     steps: int  # steps in the run's metrics (a resumed run counts the steps before it too)
     reward_means: list[float]  # per step
+    win_rates: dict[str, tuple[float, float, float]]  # pairwise eval reward -> last win rate vs start, 95% lo, hi
     lora_dir: Path | None
 
 
@@ -111,8 +113,9 @@ def train(cfg: Config) -> RunSummary:
         status = trainer.run()
         lora_dir = trainer.save_lora(run_dir / "lora") if cfg.policy.lora.enabled else None
         logger.plot_rewards()
-    reward_means = [row["reward_mean"] for row in read_metrics(run_dir)]
-    return RunSummary(run_dir, status, len(reward_means), reward_means, lora_dir)
+    rows = read_metrics(run_dir)
+    reward_means = [row["reward_mean"] for row in rows]
+    return RunSummary(run_dir, status, len(reward_means), reward_means, last_win_rates(rows), lora_dir)
 
 
 def _record_final_status(control: ControlPlane, run_dir: Path, status: str) -> None:

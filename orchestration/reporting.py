@@ -39,33 +39,97 @@ def caption_rows(grid: np.ndarray, captions: list[str], row_height: int) -> np.n
     return np.concatenate(rows)
 
 
+PANEL_WIDTH, PANEL_HEIGHT, PAD = 640, 360, 40
+COLOURS = ((20, 40, 140), (200, 60, 30), (30, 140, 60), (150, 60, 160), (200, 150, 20), (20, 150, 170))
+Point = tuple[float, float, float | None, float | None]  # x, y, interval low, interval high
+
+
+def _panel(title: str, series: dict[str, list[Point]], level: float | None) -> Image.Image:
+    """One chart: a line per series (in its colour, named in the legend), interval bars where given, and a dashed
+    line at `level` (no change)."""
+    image = Image.new("RGB", (PANEL_WIDTH, PANEL_HEIGHT), "white")
+    draw, font = ImageDraw.Draw(image), ImageFont.load_default()
+    draw.text((PAD, 8), title, fill="black", font=font)
+    points = [p for ps in series.values() for p in ps]
+    if points:
+        xs = [p[0] for p in points]
+        ys = [v for p in points for v in p[1:] if v is not None] + ([level] if level is not None else [])
+        x0, span_x = min(xs), max(1.0, max(xs) - min(xs))
+        lo, hi = min(ys), max(ys)
+        span_y = (hi - lo) or 1.0
+
+        def xy(x: float, y: float) -> tuple[float, float]:
+            return (
+                PAD + (x - x0) / span_x * (PANEL_WIDTH - 2 * PAD),
+                PANEL_HEIGHT - PAD - (y - lo) / span_y * (PANEL_HEIGHT - 2 * PAD),
+            )
+
+        if level is not None:
+            y = xy(x0, level)[1]
+            for x in range(PAD, PANEL_WIDTH - PAD, 8):
+                draw.line([(x, y), (x + 4, y)], fill="gray")
+        for n, (name, ps) in enumerate(series.items()):
+            colour = COLOURS[n % len(COLOURS)]
+            if len(ps) > 1:
+                draw.line([xy(p[0], p[1]) for p in ps], fill=colour, width=2)
+            for x, y, low, high in ps:
+                cx, cy = xy(x, y)
+                draw.ellipse([cx - 2, cy - 2, cx + 2, cy + 2], fill=colour)
+                if low is not None and high is not None:
+                    draw.line([xy(x, low), xy(x, high)], fill=colour, width=1)
+            draw.text((PANEL_WIDTH - PAD - 230, 8 + 11 * n), name[:40], fill=colour, font=font)
+        draw.text((4, PAD - 6), f"{hi:.3g}", fill="black", font=font)
+        draw.text((4, PANEL_HEIGHT - PAD - 6), f"{lo:.3g}", fill="black", font=font)
+        draw.text((PAD, PANEL_HEIGHT - PAD + 6), f"step {x0:g}", fill="black", font=font)
+        draw.text((PANEL_WIDTH - PAD - 60, PANEL_HEIGHT - PAD + 6), f"step {x0 + span_x:g}", fill="black", font=font)
+    draw.rectangle([PAD, PAD, PANEL_WIDTH - PAD, PANEL_HEIGHT - PAD], outline="gray")
+    return image
+
+
+def evaluation_series(rows: list[dict], figure: str) -> dict[str, list[Point]]:
+    """Per evaluation reward, `figure` (win_rate_vs_start, delta_vs_start) with its interval, at the learner
+    updates the evaluated weights had seen: `eval_before/` at 0, `eval/` of step s at s + 1."""
+    series: dict[str, list[Point]] = {}
+    for row in rows:
+        for key, value in row.items():
+            prefix, _, rest = key.partition("/")
+            if prefix not in ("eval", "eval_before") or not rest.endswith("/" + figure):
+                continue
+            x = 0 if prefix == "eval_before" else row["step"] + 1
+            series.setdefault(rest.removesuffix("/" + figure), []).append(
+                (x, value, row.get(f"{key}_lo"), row.get(f"{key}_hi"))
+            )
+    return series
+
+
 def plot_reward_curve(rows: list[dict], path: Path, key: str = "reward_mean") -> Path:
-    """A line chart of `key` over the steps (a moving average of 10 in dark blue over the raw values)."""
-    width, height, pad = 640, 360, 40
-    image = Image.new("RGB", (width, height), "white")
-    draw = ImageDraw.Draw(image)
-    points = [(row["step"], row[key]) for row in rows if key in row]
-    draw.text((pad, 10), f"{key} per step", fill="black", font=ImageFont.load_default())
-    if len(points) >= 2:
-        steps, values = zip(*points, strict=True)
-        lo, hi = min(values), max(values)
-        span_x, span_y = max(1, steps[-1] - steps[0]), (hi - lo) or 1.0
-
-        def xy(step: float, value: float) -> tuple[float, float]:
-            x = pad + (step - steps[0]) / span_x * (width - 2 * pad)
-            return x, height - pad - (value - lo) / span_y * (height - 2 * pad)
-
-        smooth = [sum(values[max(0, i - 9) : i + 1]) / len(values[max(0, i - 9) : i + 1]) for i in range(len(values))]
-        draw.line([xy(s, v) for s, v in points], fill=(160, 190, 230), width=1)
-        draw.line([xy(s, v) for s, v in zip(steps, smooth, strict=True)], fill=(20, 40, 140), width=2)
-        font = ImageFont.load_default()
-        draw.text((4, pad - 6), f"{hi:.3g}", fill="black", font=font)
-        draw.text((4, height - pad - 6), f"{lo:.3g}", fill="black", font=font)
-        draw.text((pad, height - pad + 6), f"step {steps[0]}", fill="black", font=font)
-        draw.text((width - pad - 60, height - pad + 6), f"step {steps[-1]}", fill="black", font=font)
-    draw.rectangle([pad, pad, width - pad, height - pad], outline="gray")
+    """The training reward per step (a moving average of 10 over the raw values) and its components; below it,
+    when the run evaluated, the evaluation against the starting policy: the win rates of pairwise judges (0.5: no
+    change) and the change of pointwise scorers, each with its 95% interval over prompts."""
+    raw = [(row["step"], row[key], None, None) for row in rows if key in row]
+    smooth = [
+        (s, sum(p[1] for p in raw[max(0, i - 9) : i + 1]) / len(raw[max(0, i - 9) : i + 1]), None, None)
+        for i, (s, *_) in enumerate(raw)
+    ]
+    training = {f"{key} (mean of 10)": smooth, key: raw}
+    components = sorted({k for row in rows for k in row if k.startswith("reward/") and k.count("/") == 1})
+    components = [c for c in components if c not in NOT_REWARDS]
+    if len(components) > 1:  # several rewards: each beside the combined one
+        training |= {c: [(row["step"], row[c], None, None) for row in rows if c in row] for c in components}
+    panels = [_panel(f"training: {key} per step", training, None)]
+    for figure, level in (("win_rate_vs_start", 0.5), ("delta_vs_start", 0.0)):
+        if series := evaluation_series(rows, figure):
+            panels.append(_panel(f"evaluation: {figure} (95% interval over prompts)", series, level))
+    image = Image.new("RGB", (PANEL_WIDTH, PANEL_HEIGHT * len(panels)), "white")
+    for i, panel in enumerate(panels):
+        image.paste(panel, (0, PANEL_HEIGHT * i))
     image.save(path)
     return path
+
+
+# reward/ figures that are not a reward model's value
+NOT_REWARDS = {"reward/std", "reward/version", "reward/unparsed", "reward/requests", "reward/parse_rate"}
+NOT_REWARDS |= {"reward/first_position_win_rate", "reward/groups_per_s", "reward/idle_frac", "reward/queue_depth"}
 
 
 def read_metrics(run_dir: Path) -> list[dict]:
