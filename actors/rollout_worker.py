@@ -72,6 +72,17 @@ class RolloutWorker(Heartbeating):
                 self.policy, group, self.sampler_cfg, run_seed=self.run_seed, policy_version=self.version
             )
 
+    def load_lora(self, folder: str) -> None:
+        """`flexgrpo eval`: the adapter a run saved in the diffusers LoRA format into the sampling weights."""
+        from peft import set_peft_model_state_dict
+        from safetensors.torch import load_file
+
+        state = load_file(f"{folder}/pytorch_lora_weights.safetensors")
+        state = {k.removeprefix("transformer."): v for k, v in state.items()}
+        result = set_peft_model_state_dict(self.policy.transformer, state)
+        if getattr(result, "unexpected_keys", None):
+            raise ValueError(f"{folder}: LoRA keys this policy has no place for: {result.unexpected_keys[:3]}")
+
     def join_weight_sync(self, host: str, port: int, rank: int, world_size: int) -> None:
         """Join a (new) weight-sync group; call it in the weights thread, after any receive in progress."""
         self._sync = WeightSyncGroup(host, port, rank, world_size, self.device)

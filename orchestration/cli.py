@@ -260,6 +260,22 @@ def _train(argv: list[str]) -> int:
     return 0
 
 
+def _eval(args: argparse.Namespace) -> int:
+    _quiet_libraries()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")
+    from orchestration.eval_run import EvalInputError, eval_run
+
+    try:
+        path = eval_run(
+            Path(args.run_dir), Path(args.prompts) if args.prompts else None, Path(args.out) if args.out else None
+        )
+    except (EvalInputError, ConfigError) as err:
+        raise CliError(str(err), 2) from None
+    print((path.parent / "eval.md").read_text(encoding="utf-8"), end="")
+    print(f"written: {path} (and eval.md, pairs_*.png beside it)")
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="flexgrpo", description="Distributed GRPO for diffusion models.")
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -277,6 +293,10 @@ def _parser() -> argparse.ArgumentParser:
     p_cmd.add_argument("--no-wait", action="store_true", help="send and return without waiting for the outcome")
     p_audit = sub.add_parser("audit", help="check from the ledger that every group was trained exactly once")
     p_audit.add_argument("run_dir")
+    p_eval = sub.add_parser("eval", help="a finished run's final LoRA against its starting policy (no training)")
+    p_eval.add_argument("run_dir")
+    p_eval.add_argument("--prompts", help="prompt file: one prompt a line, or JSONL with 'prompt' and 'tag'")
+    p_eval.add_argument("--out", help="output folder (default RUN_DIR/eval)")
     return parser
 
 
@@ -292,6 +312,8 @@ def main(argv: list[str] | None = None) -> int:
             return _command(args)
         if args.cmd == "audit":
             return _audit(args.run_dir)
+        if args.cmd == "eval":
+            return _eval(args)
         return _train(args.args)
     except CliError as err:
         print(f"error: {err}", file=sys.stderr)
