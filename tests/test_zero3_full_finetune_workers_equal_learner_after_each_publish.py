@@ -48,7 +48,7 @@ def publish(ray, learners, workers, ema: bool = False):
     """As the driver publishes: the workers receive the announced header while every rank publishes.
     -> rank 0's header"""
     header = ray.get(learners[0].weight_header.remote(ema))
-    publishing = [a.publish_weights.remote(ema) for a in learners]
+    publishing = [a.publish_weights.remote(header) for a in learners]
     in_threads(*[lambda w=w: w.receive_weights(header) for w in workers])  # receive verifies the checksum
     published, other = ray.get(publishing)
     assert published == header and other is None
