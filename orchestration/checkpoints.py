@@ -31,9 +31,12 @@ def checkpoint_folder(run_dir: Path, step: int) -> Path:
     return run_dir / "checkpoints" / f"step_{step:06d}"
 
 
-def write_checkpoint(run_dir: Path, state: RunState, save_roles: Callable[[Path], None], *, keep: int) -> Path:
+def write_checkpoint(
+    run_dir: Path, state: RunState, save_roles: Callable[[Path], None], *, keep: int
+) -> tuple[Path, list[Path]]:
     """Write a complete checkpoint of `state.step`: the roles' state (`save_roles(folder)`), then the run state,
-    then the rename and the `latest` pointer; then drop all but the newest `keep` checkpoints."""
+    then the rename and the `latest` pointer; then drop all but the newest `keep` checkpoints.
+    -> (the checkpoint written, the complete checkpoints kept, oldest first)"""
     final = checkpoint_folder(run_dir, state.step)
     partial = final.with_name(final.name + PARTIAL)
     shutil.rmtree(partial, ignore_errors=True)
@@ -47,9 +50,10 @@ def write_checkpoint(run_dir: Path, state: RunState, save_roles: Callable[[Path]
     tmp = pointer.with_suffix(".tmp")
     tmp.write_text(final.name, encoding="utf-8")
     os.replace(tmp, pointer)
-    for old in complete_checkpoints(run_dir)[:-keep]:
+    complete = complete_checkpoints(run_dir)
+    for old in complete[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
-    return final
+    return final, complete[-keep:]
 
 
 def complete_checkpoints(run_dir: Path) -> list[Path]:

@@ -12,15 +12,17 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import Protocol
 
 import ray
 
+from flexgrpo.config import Config
+from flexgrpo.control_plane import ControlPlane
 from orchestration.checkpoints import latest_checkpoint
-from orchestration.roles import connect_weight_sync, spawn_learner, start_heartbeats, wait_until_ready
-
-if TYPE_CHECKING:
-    from orchestration.trainer import Trainer
+from orchestration.operator import Operator
+from orchestration.roles import Roles, connect_weight_sync, spawn_learner, start_heartbeats, wait_until_ready
+from orchestration.weights import WeightBroadcast
 
 log = logging.getLogger("flexgrpo")
 READY_TIMEOUT_S = 900
@@ -30,14 +32,26 @@ class RestartBudgetExceeded(RuntimeError):
     """More actor restarts within the window than cluster.max_restarts allows."""
 
 
+class RecoveredRun(Protocol):
+    """What a recovery needs of the run it brings back (the trainer), beside its roles."""
+
+    weights: WeightBroadcast  # forgets the lost receivers, then resends the current weights
+    operator: Operator  # restores the reward spec on restarted reward actors
+
+    def restore(self, folder: Path | None) -> None:
+        """Continue from the checkpoint in `folder` (None: from the start)."""
+        ...
+
+
 class Recovery:
-    def __init__(self, trainer: Trainer) -> None:
-        self.trainer = trainer
+    def __init__(self, cfg: Config, roles: Roles, control: ControlPlane, run_dir: Path, run: RecoveredRun) -> None:
+        """roles: the run's roles, whose learner group a learner recovery replaces in place."""
+        self.cfg, self.roles, self.control, self.run_dir, self.run = cfg, roles, control, run_dir, run
         self.count = 0  # recoveries so far in this job
         self._recent: deque[float] = deque()  # times of the recoveries inside the budget window
 
     def spend(self, what: str) -> None:
-        cfg = self.trainer.cfg.cluster
+        cfg = self.cfg.cluster
         now = time.monotonic()
         while self._recent and now - self._recent[0] > cfg.restart_window_s:
             self._recent.popleft()
@@ -48,7 +62,7 @@ class Recovery:
             )
         self._recent.append(now)
         self.count += 1
-        self.trainer.control.update_run(recoveries=self.count)
+        self.control.update_run(recoveries=self.count)
 
     def run_step(self, step: Callable[[], None]) -> None:
         """Run one learner step; if a learner rank dies on the way, replace the learner and resume from the latest
@@ -62,7 +76,7 @@ class Recovery:
             self.replace_learner()
 
     def _learner_died(self) -> bool:
-        for actor in self.trainer.roles.learner.actors:
+        for actor in self.roles.learner.actors:
             try:
                 ray.get(actor.ready.remote(), timeout=60)
             except ray.exceptions.RayActorError:
@@ -80,22 +94,23 @@ class Recovery:
         """After Ray restarted a dead rollout or reward actor: wait for the pools, restore the reward spec, rebuild
         the weight-sync group (it lost a member) and resend the current weights."""
         self.spend("rollout/reward actor died")
-        t = self.trainer
+        roles, run = self.roles, self.run
         log.warning("a rollout or reward actor died: its groups go back to the queue")
-        wait_until_ready(t.roles.rollout.actors + t.roles.reward.actors, timeout_s=READY_TIMEOUT_S)
-        t.operator.restore_workers(t.roles.reward.actors)
-        t.weights.forget()
-        connect_weight_sync(t.roles)
-        start_heartbeats(t.roles, t.control)
-        t.weights.publish()
+        wait_until_ready(roles.rollout.actors + roles.reward.actors, timeout_s=READY_TIMEOUT_S)
+        run.operator.restore_workers(roles.reward.actors)
+        self._reconnect()
+        run.weights.publish()
 
     def replace_learner(self) -> None:
         self.spend("learner rank died")
-        t = self.trainer
-        t.roles.learner.shutdown()
-        t.roles.learner = spawn_learner(t.cfg)
-        wait_until_ready(t.roles.learner.actors, timeout_s=READY_TIMEOUT_S)
-        t.weights.forget()
-        connect_weight_sync(t.roles)
-        start_heartbeats(t.roles, t.control)
-        t.restore(latest_checkpoint(t.run_dir))
+        self.roles.learner.shutdown()
+        self.roles.learner = spawn_learner(self.cfg)
+        wait_until_ready(self.roles.learner.actors, timeout_s=READY_TIMEOUT_S)
+        self._reconnect()
+        self.run.restore(latest_checkpoint(self.run_dir))
+
+    def _reconnect(self) -> None:
+        """After a role was replaced: a new weight-sync group (the old receives no longer matter), heartbeats."""
+        self.run.weights.forget()
+        connect_weight_sync(self.roles)
+        start_heartbeats(self.roles, self.control)

@@ -28,7 +28,6 @@ from flexgrpo.records import MediaGroup, ScoredGroup, TrainedStep
 from orchestration.checkpoints import (
     RunState,
     checkpoint_step,
-    complete_checkpoints,
     read_run_state,
     write_checkpoint,
 )
@@ -50,7 +49,7 @@ class Trainer:
         self.evaluation = Evaluation(cfg, run_dir)  # held-out prompts, scored against the starting policy
         self.step = 0  # the next learner step
         self.version = 0  # the learner's policy version (the learner owns it; this mirrors its last answer)
-        self.recovery = Recovery(self)
+        self.recovery = Recovery(cfg, roles, control, run_dir, run=self)
         self.weights = WeightBroadcast(roles, on_failure=self.recovery.broadcast_failed)
         self.pipeline = self._new_pipeline(next_index=0, requeued=[])  # replaced by `restore`
         self.operator = Operator(
@@ -256,18 +255,17 @@ class Trainer:
         curve. The ledger position is the step: a resume rolls the ledger back to it."""
         with self.timed("checkpoint"):
             state = RunState(self.step, self.version, self.operator.specs.as_json(), self.pipeline.next_index)
-            folder = write_checkpoint(self.run_dir, state, self._save_roles, keep=self.cfg.run.keep_checkpoints)
+            folder, kept = write_checkpoint(self.run_dir, state, self._save_roles, keep=self.cfg.run.keep_checkpoints)
         self.checkpointed_step = self.step
         self.operator.checkpoint_written(str(folder))
         self.logger.plot_rewards()
         log.info("checkpoint %s (%.1fs)", folder, self.timings["timing/checkpoint"])
-        self._settle_ledger()
+        self._settle_ledger(oldest=checkpoint_step(kept[0]))
         return folder
 
-    def _settle_ledger(self) -> None:
+    def _settle_ledger(self, oldest: int) -> None:
         """Fold away the ledger records of groups trained `run.ledger_keep_steps` steps ago and before the oldest
-        kept checkpoint (no resume goes back before it)."""
-        oldest = checkpoint_step(complete_checkpoints(self.run_dir)[0])
+        kept checkpoint, of step `oldest` (no resume goes back before it)."""
         before = min(oldest, self.step - self.cfg.run.ledger_keep_steps)
         if before > 0 and (settled := self.control.ledger_settle(before)):
             log.info(
