@@ -7,6 +7,8 @@ VENV := .venv
 STAMP := $(VENV)/.installed-$(STACK)
 ARGS ?=
 PYTEST_ARGS ?=
+# Test processes side by side: most tests wait on Ray, jobs and engines starting, so 4 fit on 2 cores.
+TEST_WORKERS ?= 4
 
 $(STAMP): pyproject.toml constraints/$(STACK).txt
 	test -x $(VENV)/bin/python || python3 -m venv $(VENV)
@@ -22,7 +24,7 @@ train: $(STAMP)
 	$(VENV)/bin/flexgrpo train $(ARGS)
 
 test: $(STAMP)
-	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+	$(VENV)/bin/python -m pytest -n $(TEST_WORKERS) --dist worksteal $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

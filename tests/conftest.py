@@ -110,3 +110,9 @@ def wait_for_step(control, step: int, timeout_s: float = 300) -> None:
         if time.monotonic() > deadline:
             raise TimeoutError(f"the run did not reach step {step} in {timeout_s:.0f} s")
         time.sleep(0.02)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Slow tests first: with test processes side by side (`make test` runs pytest-xdist), the long ones start
+    at once instead of leaving one worker busy at the end while the others idle."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
