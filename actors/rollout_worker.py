@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field
 
 import torch
 
@@ -24,6 +25,16 @@ from flexgrpo.records import MediaGroup, PromptGroup, TrajectoryGroup, WeightUpd
 from flexgrpo.weight_transport import WeightSyncGroup, bucket_views, check_binds, receive
 
 WEIGHTS_THREAD = "weights"  # the Ray concurrency group that receives weights beside sampling
+
+
+@dataclass
+class _ReceivedCopy:
+    """A copy of the trained weights the worker receives into: the policy's, or their EMA (evaluation only).
+    Guarded by the worker's `_staged` condition."""
+
+    buffers: dict[str, torch.Tensor] = field(default_factory=dict)  # views into the first header's buckets
+    version: int = -1  # the version `buffers` holds whole; -1: none
+    fresh: bool = False  # received since the worker last loaded it into its parameters
 
 
 class RolloutWorker(Heartbeating):
@@ -43,12 +54,9 @@ class RolloutWorker(Heartbeating):
         self.sampler_cfg = sampler_cfg
         self.run_seed, self.hold_s, self.version_timeout_s = run_seed, hold_s, version_timeout_s
         self.version = 0  # version of the weights groups are sampled with
-        self._staging: dict[str, torch.Tensor] = {}  # the newest received weights, in the first header's buckets
-        self._staged_version = 0  # version held in _staging
-        self._staged_unused = False  # _staging holds weights received after the ones in use
-        self._staged = threading.Condition()  # guards _staging and _staged_version, _ema and _ema_version
-        self._ema: dict[str, torch.Tensor] = {}  # the newest EMA of the weights received, for evaluation only
-        self._ema_version = -1  # version whose EMA _ema holds
+        self._staging = _ReceivedCopy()  # the newest weights received, loaded before the next group
+        self._ema = _ReceivedCopy()  # the newest EMA of the weights received, for evaluation only
+        self._staged = threading.Condition()  # guards _staging and _ema
         self._sync: WeightSyncGroup | None = None
 
     def ready(self) -> int:
@@ -94,21 +102,12 @@ class RolloutWorker(Heartbeating):
         assert self._sync is not None, "join_weight_sync first"
         with self._staged:
             into = self._ema if header.ema else self._staging
-            if not into:  # views into one flat tensor per bucket: each bucket lands with no copy
+            if not into.buffers:  # views into one flat tensor per bucket: each bucket lands with no copy
                 check_binds(header, self.params)
-                into |= bucket_views(header, self.device)
-            try:
-                receive(self._sync, header, into=into)
-            except BaseException:  # what `into` holds must not be used: nothing new is staged
-                if header.ema:
-                    self._ema_version = -1
-                else:
-                    self._staged_version, self._staged_unused = self.version, False
-                raise
-            if header.ema:
-                self._ema_version = header.version
-            else:
-                self._staged_version, self._staged_unused = header.version, True
+                into.buffers |= bucket_views(header, self.device)
+            into.version, into.fresh = -1, False  # until whole (a failed receive leaves nothing to use)
+            receive(self._sync, header, into=into.buffers)
+            into.version, into.fresh = header.version, True
             self._staged.notify_all()
         return header.version
 
@@ -116,26 +115,28 @@ class RolloutWorker(Heartbeating):
     def _switch_weights(self, min_version: int) -> None:
         """Between groups: load the newest staged weights, waiting for `min_version` to arrive if need be."""
         with self._staged:
-            self._wait_for(lambda: max(self.version, self._staged_version), min_version, "policy version")
-            if self._staged_unused:  # the last weights received win, also an older version after a rollback
-                for name, param in self.params.items():
-                    param.copy_(self._staging[name])
-                self.version, self._staged_unused = self._staged_version, False
+            self._wait_for(lambda: max(self.version, self._staging.version), min_version, "policy version")
+            if self._staging.fresh:  # the last weights received win, also an older version after a rollback
+                self._load(self._staging.buffers)
+                self.version, self._staging.fresh = self._staging.version, False
 
     @contextmanager
     def _ema_weights(self, min_version: int) -> Iterator[None]:
         """The EMA received for `min_version` or later in place of the sampling weights while inside."""
         with self._staged, torch.no_grad():
-            self._wait_for(lambda: self._ema_version, min_version, "the EMA of version")
+            self._wait_for(lambda: self._ema.version, min_version, "the EMA of version")
             saved = {n: p.detach().clone() for n, p in self.params.items()}
-            for name, param in self.params.items():
-                param.copy_(self._ema[name])
+            self._load(self._ema.buffers)
         try:
             yield
         finally:
-            with torch.no_grad():
-                for name, param in self.params.items():
-                    param.copy_(saved[name])
+            self._load(saved)
+
+    @torch.no_grad()
+    def _load(self, weights: dict[str, torch.Tensor]) -> None:
+        """Copy `weights` into the trained parameters the worker samples with."""
+        for name, param in self.params.items():
+            param.copy_(weights[name])
 
     def _wait_for(self, held: Callable[[], int], version: int, what: str) -> None:
         """Under `_staged`: wait until `held()` >= `version`, at most `version_timeout_s`."""
