@@ -52,7 +52,8 @@ def _judge_backend(spec: RewardSpec):
         )
     if spec.backend == "transformers":
         return TransformersBackend(resolve_judge_model(spec.model))
-    return VllmBackend(resolve_judge_model(spec.model), max_images=2 * spec.video_frames)
+    model = resolve_judge_model(spec.model)
+    return VllmBackend(model, max_images=2 * spec.video_frames, kv_cache_gib=spec.kv_cache_gib)
 
 
 def _unifiedreward_flex(spec: RewardSpec) -> RewardModel:
