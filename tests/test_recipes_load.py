@@ -1,5 +1,6 @@
 """The real recipes (SD3.5-M, FLUX.1-dev, Wan 2.1 with UnifiedReward-Flex) pass config validation, name a
-known policy family and reward, and fit one 8-GPU node; no weights are loaded."""
+known policy family and reward, and fit one 8-GPU node; no weights are loaded. The tiny Flex recipe names the
+tiny judge on vLLM and evaluates."""
 
 from pathlib import Path
 
@@ -41,3 +42,16 @@ def test_sd35_recipe_uses_flow_grpo_settings():
     cfg = load_config(CONFIGS / "sd35_medium_flex.yaml")
     assert (cfg.policy.height, cfg.sampler.guidance_scale) == (512, 4.5)
     assert (cfg.grpo.clip_range, cfg.grpo.kl_beta) == (1e-4, 0.04)
+
+
+def test_tiny_flex_recipe_judges_with_the_tiny_flex_judge_on_vllm_and_evaluates():
+    from actors.tiny_models import TINY_MODELS
+    from orchestration.roles import preflight
+    from reward_workers.tiny_judge import TINY_JUDGE
+
+    cfg = load_config(CONFIGS / "tiny_flex.yaml")
+    preflight(cfg)  # names, model references and prompt files, as a job checks them
+    assert cfg.policy.model in TINY_MODELS
+    assert [(r.name, r.model, r.backend) for r in cfg.rewards] == [("unifiedreward_flex", TINY_JUDGE, "vllm")]
+    assert cfg.rewards[0].structured_output  # the random judge's replies parse only under the schema
+    assert cfg.eval.before_training and 0 < cfg.eval.every < cfg.run.num_steps

