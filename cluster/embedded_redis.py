@@ -1,4 +1,5 @@
-"""A real Redis server for a run that has no Redis URL: loopback only, a random password, data in the run dir."""
+"""A real Redis server for a run that has no Redis URL: a random password, data in the run dir; loopback only, or
+also the head node's cluster address when the job's workers run on other hosts."""
 
 from __future__ import annotations
 
@@ -48,17 +49,19 @@ def _die_with_this_thread() -> Callable[[], None] | None:
 
 class EmbeddedRedis:
     """Start with `with EmbeddedRedis(folder) as url:`; the server saves and stops on exit, and dies with the
-    process that started it (PDEATHSIG)."""
+    process that started it (PDEATHSIG). `host`: the address it listens on besides loopback, and the one in its URL
+    (a node's cluster IP, for workers on other hosts)."""
 
-    def __init__(self, data_dir: str | Path) -> None:
+    def __init__(self, data_dir: str | Path, host: str = "127.0.0.1") -> None:
         self.data_dir = Path(data_dir)
+        self.host = host
         self.port = free_port()
         self.password = secrets.token_hex(16)
         self.process: subprocess.Popen | None = None
 
     @property
     def url(self) -> str:
-        return f"redis://:{self.password}@127.0.0.1:{self.port}/0"
+        return f"redis://:{self.password}@{self.host}:{self.port}/0"
 
     def start(self) -> str:
         import redis
@@ -70,7 +73,7 @@ class EmbeddedRedis:
                 "--port",
                 str(self.port),
                 "--bind",
-                "127.0.0.1",
+                *dict.fromkeys([self.host, "127.0.0.1"]),
                 "--requirepass",
                 self.password,
                 "--dir",

@@ -25,6 +25,7 @@ FORWARDED_ENV = (
     "HF_HUB_OFFLINE",
     "VLLM_CPU_OMP_THREADS_BIND",
 )
+WORKER_LOG = "workers.log"  # in the run directory: what the role actors print, as Ray relays it to the driver
 CONNECT_TIMEOUT_S = 5.0  # a Ray address that does not accept a connection within this fails the job
 
 
@@ -34,7 +35,8 @@ class ClusterUnreachable(ConnectionError):
 
 @contextmanager
 def ray_session(cfg: ClusterConfig, run_dir: Path) -> Iterator[None]:
-    """Join `cfg.address`, or start a local Ray with cfg.num_cpus / cfg.num_gpus; shut down what we started."""
+    """Join `cfg.address`, or start a local Ray with cfg.num_cpus / cfg.num_gpus; shut down what we started.
+    What the actors print goes to RUN_DIR/workers.log, not to the terminal (which keeps the driver's lines)."""
     if ray.is_initialized():
         yield
         return
@@ -43,7 +45,6 @@ def ray_session(cfg: ClusterConfig, run_dir: Path) -> Iterator[None]:
     if cfg.address is not None:
         check_cluster_answers(cfg.address)
         ray.init(address=cfg.address, runtime_env=runtime_env, log_to_driver=True)
-        _check_pools_fit(cfg)
     else:
         ray.init(
             num_cpus=cfg.num_cpus,
@@ -53,9 +54,37 @@ def ray_session(cfg: ClusterConfig, run_dir: Path) -> Iterator[None]:
             log_to_driver=True,
         )
     try:
-        yield
+        with worker_output_to(run_dir / WORKER_LOG):
+            if cfg.address is not None:
+                _check_pools_fit(cfg)
+            yield
     finally:
         ray.shutdown()
+
+
+@contextmanager
+def worker_output_to(path: Path) -> Iterator[None]:
+    """Ray relays every actor's stdout and stderr to the driver's terminal, a dying actor's traceback included;
+    while this holds, they go to `path` instead, one line each with the actor's name, pid and node. Uses Ray's
+    stream dispatcher (not a public API): where it is missing, Ray's relay is left as it is."""
+    try:
+        from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
+    except ImportError:
+        yield
+        return
+    with open(path, "a", encoding="utf-8", buffering=1) as out:
+
+        def write(batch: dict) -> None:
+            who = batch.get("actor_name") or batch.get("task_name") or "ray"
+            for line in batch.get("lines", []):
+                out.write(f"({who} pid={batch.get('pid')} ip={batch.get('ip')}) {line}\n")
+
+        dispatcher.remove_handler("ray_print_logs")
+        dispatcher.add_handler("flexgrpo_worker_log", write)
+        try:
+            yield
+        finally:
+            dispatcher.remove_handler("flexgrpo_worker_log")
 
 
 def check_cluster_answers(address: str) -> None:

@@ -13,7 +13,7 @@ import logging
 import signal
 import socket
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,7 +79,6 @@ def stop_on_sigterm(trainer: Trainer):
 
 def train(cfg: Config) -> RunSummary:
     """Run a whole training job: Redis, Ray, pools and roles, the loop, final outputs."""
-    from cluster.embedded_redis import EmbeddedRedis
     from cluster.ray_cluster import ray_session
 
     preflight(cfg)
@@ -89,11 +88,8 @@ def train(cfg: Config) -> RunSummary:
         owner = stack.enter_context(RunOwnership(run_dir))  # a second job on this directory stops here
         stack.enter_context(run_log(run_dir))
         (run_dir / "config.yaml").write_text(to_yaml(cfg), encoding="utf-8")
-        if cfg.cluster.redis_url:
-            redis_url, on_outage = cfg.cluster.redis_url, None
-        else:
-            server = EmbeddedRedis(run_dir / "redis")
-            redis_url, on_outage = stack.enter_context(server), server.restart
+        stack.enter_context(ray_session(cfg.cluster, run_dir))
+        redis_url, on_outage = _control_plane_redis(cfg, run_dir, stack)
         url_file = run_dir / "redis_url"  # how an operator reaches this run (flexgrpo command ...)
         url_file.write_text(redis_url + "\n", encoding="utf-8")
         url_file.chmod(0o600)
@@ -102,8 +98,7 @@ def train(cfg: Config) -> RunSummary:
         stack.callback(owner.stop_lease)
         control.register_run(to_dict(cfg))
         status = "failed"
-        stack.callback(lambda: _record_final_status(control, run_dir, status))
-        stack.enter_context(ray_session(cfg.cluster, run_dir))
+        stack.push(lambda *exc: _record_final_status(control, run_dir, status, exc[1]))
         logger = stack.enter_context(MetricsLogger(run_dir, cfg.logging, run_config=to_dict(cfg)))
         roles = build_roles(cfg, control)
         stack.callback(roles.shutdown)
@@ -118,13 +113,30 @@ def train(cfg: Config) -> RunSummary:
     return RunSummary(run_dir, status, len(reward_means), reward_means, last_win_rates(rows), lora_dir)
 
 
-def _record_final_status(control: ControlPlane, run_dir: Path, status: str) -> None:
-    """The job's last word, in Redis and in status.json. Never raises over the error that ended the job: when
-    Redis is gone too, status.json still says how the job ended."""
+def _control_plane_redis(cfg: Config, run_dir: Path, stack: ExitStack) -> tuple[str, Callable[[], str] | None]:
+    """The Redis URL handed to every worker, and how to restart it on an outage (None: not ours to restart).
+    The configured one; else an embedded server: on loopback for a local Ray, on this node's cluster address
+    (Ray's node IP) when the job joined a cluster, so that workers on other hosts reach it."""
+    from cluster.embedded_redis import EmbeddedRedis
+    from flexgrpo.net import node_ip
+
+    if cfg.cluster.redis_url:
+        return cfg.cluster.redis_url, None
+    server = EmbeddedRedis(run_dir / "redis", host="127.0.0.1" if cfg.cluster.address is None else node_ip())
+    url = stack.enter_context(server)
+    log.info("control-plane Redis for the workers: %s:%d (embedded)", server.host, server.port)
+    return url, server.restart
+
+
+def _record_final_status(control: ControlPlane, run_dir: Path, status: str, error: BaseException | None = None) -> None:
+    """The job's last word, in Redis and in status.json (with the line that says what ended it, on a failure).
+    Never raises over the error that ended the job: when Redis is gone too, status.json still says how it ended."""
     final = {"status": status, "host": socket.gethostname()}
+    if error is not None:
+        final["failure"] = describe_failure(error)
     try:
         control.on_outage, control.outage_timeout_s = None, 10.0  # the job is ending: do not wait long for Redis
-        control.update_run(status=status)
+        control.update_run(**{k: v for k, v in final.items() if k != "host"})
         final = control.status() | final
     except Exception as err:  # noqa: BLE001  (the failure path must not raise a second error)
         log.error("could not record the final status %r in Redis: %s", status, err)
