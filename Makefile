@@ -17,14 +17,18 @@ $(STAMP): pyproject.toml constraints/$(STACK).txt
 	if [ "$(STACK)" = cpu ]; then $(VENV)/bin/pip uninstall -y torchaudio torchcodec; fi
 	touch $(STAMP)
 
-.PHONY: install train test lint
+.PHONY: install train test test-real-shapes lint
 install: $(STAMP)
 
 train: $(STAMP)
 	$(VENV)/bin/flexgrpo train $(ARGS)
 
 test: $(STAMP)
-	$(VENV)/bin/python -m pytest -n $(TEST_WORKERS) --dist worksteal $(PYTEST_ARGS)
+	$(VENV)/bin/python -m pytest -n $(TEST_WORKERS) --dist worksteal -m "not real_shapes" $(PYTEST_ARGS)
+
+# The real recipes at their real widths, one after another (each holds ~8 GB): minutes each. CI runs them too.
+test-real-shapes: $(STAMP)
+	$(VENV)/bin/python -m pytest -m real_shapes $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -37,7 +37,7 @@ from actors.real_shapes import real_shape_path
 from flexgrpo.config import LoraConfig
 from reward_workers.real_shape_judges import real_shape_judge_path
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.real_shapes]
 
 REPO = Path(__file__).resolve().parents[1]
 FLEXGRPO = str(Path(sys.executable).with_name("flexgrpo"))
