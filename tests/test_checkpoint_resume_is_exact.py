@@ -29,7 +29,7 @@ def _cfg(tmp_path, name, steps):
     )
 
 
-def test_stop_and_resume_equals_straight_run(ray_local, tmp_path, capsys):
+def test_stop_and_resume_equals_straight_run_and_a_finished_run_resumes_to_nothing(ray_local, tmp_path, capsys):
     straight = train(_cfg(tmp_path, "straight", 4))
     train(_cfg(tmp_path, "resumed", 2))  # "pre-empted" after 2 steps: the final checkpoint is the resume point
     state = read_run_state(latest_checkpoint(tmp_path / "resumed"))
@@ -48,8 +48,6 @@ def test_stop_and_resume_equals_straight_run(ray_local, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "groups trained:       4" in out and "groups settled:       3" in out and "audit passed" in out
 
-
-def test_a_finished_run_resumes_to_nothing(ray_local, tmp_path):
-    first = train(_cfg(tmp_path, "done", 1))
-    again = train(_cfg(tmp_path, "done", 1))
-    assert again.reward_means == first.reward_means and again.steps == 1
+    again = train(_cfg(tmp_path, "resumed", 4))  # a finished run resumes to nothing: no step is trained again
+    assert again.steps == 4 and again.reward_means == resumed.reward_means
+    assert len((tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()) == 4
