@@ -7,8 +7,9 @@ VENV := .venv
 STAMP := $(VENV)/.installed-$(STACK)
 ARGS ?=
 PYTEST_ARGS ?=
-# Test processes side by side: most tests wait on Ray, jobs and engines starting, so 4 fit on 2 cores.
-TEST_WORKERS ?= 4
+# Test processes side by side: most tests wait on Ray, jobs and engines starting, so 3 fit on 2 cores (with 4,
+# Ray heads and raylets timed out at start-up on a loaded 2-core machine).
+TEST_WORKERS ?= 3
 
 $(STAMP): pyproject.toml constraints/$(STACK).txt
 	test -x $(VENV)/bin/python || python3 -m venv $(VENV)
