@@ -7,45 +7,17 @@ from pathlib import Path
 import pytest
 import torch
 
-from actors.tiny_models import build_tokenizer
 from flexgrpo.config import ConfigError, RewardSpec
 from flexgrpo.records import MediaGroup
 from reward_workers.registry import build_reward, check_reward_specs
+from reward_workers.tiny_scorers import build_tiny_clip
 
 
 @pytest.fixture(scope="module")
 def clip_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random CLIPModel with its tokenizer and image processor, saved like a hub checkpoint."""
-    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
-
-    tokenizer = build_tokenizer()
-    torch.manual_seed(0)
-    config = CLIPConfig(
-        text_config={
-            "vocab_size": len(tokenizer),
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 2,
-            "max_position_embeddings": 77,
-            "bos_token_id": tokenizer.bos_token_id,
-            "eos_token_id": tokenizer.eos_token_id,
-            "pad_token_id": tokenizer.pad_token_id,
-        },
-        vision_config={
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 2,
-            "image_size": 32,
-            "patch_size": 8,
-        },
-        projection_dim=16,
-    )
     path = tmp_path_factory.mktemp("tiny-clip")
-    CLIPModel(config).eval().save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(path)
+    build_tiny_clip(path, seed=0)
     return path
 
 
