@@ -6,6 +6,12 @@ flexgrpo command RUN_DIR OP [--rewards FILE] [--timeout S] [--no-wait]
                                                  send an operator command and wait for its outcome
 flexgrpo audit RUN_DIR                           groups trained, dropped, lost, trained twice (exit 1 on any of the
                                                  last two)
+flexgrpo eval RUN_DIR [--prompts F] [--out DIR] [--rewards FILE] [key=value ...]
+                                                 a finished run's final LoRA against its starting policy
+flexgrpo eval --baseline MODEL [--baseline-lora DIR] --candidate MODEL [--candidate-lora DIR] --prompts F
+              --out DIR [--config RECIPE] [--rewards FILE] [key=value ...]
+                                                 two policies (MODEL: tiny name, folder, hub id, a run directory
+                                                 or one of its checkpoints) compared on a prompt file
 
 Every error is one line on stderr and an exit code: 2 for usage and config errors, 1 for runtime ones (`train`
 names the role that failed and the cause; the traceback is in RUN_DIR/train.log). `status`
@@ -261,16 +267,34 @@ def _train(argv: list[str]) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
+    run_dir = args.args[0] if args.args and "=" not in args.args[0] else None
+    overrides = args.args[1:] if run_dir else args.args
+    explicit = args.baseline or args.candidate or args.baseline_lora or args.candidate_lora or args.config
+    if run_dir and explicit:
+        raise CliError("give RUN_DIR or --baseline/--candidate, not both", 2)
+    if not run_dir and not (args.baseline and (args.candidate or args.candidate_lora)):
+        raise CliError("give RUN_DIR, or --baseline MODEL and --candidate MODEL (or --candidate-lora DIR)", 2)
+    if not run_dir and not args.out:
+        raise CliError("--out DIR is needed to compare two policies", 2)
+    rewards = _read_rewards(args.rewards) if args.rewards else None
     _quiet_libraries()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")
-    from orchestration.eval_run import EvalInputError, eval_run
+    from orchestration.eval_run import EvalInputError, eval_policies, eval_run
+    from orchestration.failures import describe_failure
 
+    prompts, out = Path(args.prompts) if args.prompts else None, Path(args.out) if args.out else None
     try:
-        path = eval_run(
-            Path(args.run_dir), Path(args.prompts) if args.prompts else None, Path(args.out) if args.out else None
-        )
+        if run_dir:
+            path = eval_run(Path(run_dir), prompts, out, overrides, rewards)
+        else:
+            baseline = (args.baseline, args.baseline_lora)
+            candidate = (args.candidate or args.baseline, args.candidate_lora)
+            config = Path(args.config) if args.config else None
+            path = eval_policies(baseline, candidate, prompts, Path(args.out), config, overrides, rewards)
     except (EvalInputError, ConfigError) as err:
         raise CliError(str(err), 2) from None
+    except Exception as err:  # noqa: BLE001  (a worker that failed: one line naming it and the cause)
+        raise CliError(describe_failure(err), 1) from None
     print((path.parent / "eval.md").read_text(encoding="utf-8"), end="")
     print(f"written: {path} (and eval.md, pairs_*.png beside it)")
     return 0
@@ -293,10 +317,24 @@ def _parser() -> argparse.ArgumentParser:
     p_cmd.add_argument("--no-wait", action="store_true", help="send and return without waiting for the outcome")
     p_audit = sub.add_parser("audit", help="check from the ledger that every group was trained exactly once")
     p_audit.add_argument("run_dir")
-    p_eval = sub.add_parser("eval", help="a finished run's final LoRA against its starting policy (no training)")
-    p_eval.add_argument("run_dir")
+    p_eval = sub.add_parser(
+        "eval", help="compare two policies on a prompt set (a run's final LoRA with its start, or any two)"
+    )
+    p_eval.add_argument("args", nargs="*", help="[RUN_DIR] [key=value ...] (overrides of the run's or --config)")
+    p_eval.add_argument("--baseline", help="MODEL: tiny model name, diffusers folder, hub id, run dir or checkpoint")
+    p_eval.add_argument("--baseline-lora", help="LoRA folder loaded into the baseline (as a run writes lora/)")
+    p_eval.add_argument("--candidate", help="MODEL as --baseline (default: the baseline's, with --candidate-lora)")
+    p_eval.add_argument("--candidate-lora", help="LoRA folder loaded into the candidate")
+    p_eval.add_argument(
+        "--config",
+        help="recipe whose sampler and eval settings are used (default configs/tiny.yaml,"
+        " or the candidate run's config)",
+    )
     p_eval.add_argument("--prompts", help="prompt file: one prompt a line, or JSONL with 'prompt' and 'tag'")
-    p_eval.add_argument("--out", help="output folder (default RUN_DIR/eval)")
+    p_eval.add_argument(
+        "--rewards", help="YAML/JSON list of reward specs to score with (default: eval.rewards, else the rewards)"
+    )
+    p_eval.add_argument("--out", help="output folder (default RUN_DIR/eval; needed with --baseline)")
     return parser
 
 

@@ -1,28 +1,39 @@
-"""`flexgrpo eval RUN_DIR`: a finished run's final weights against its starting policy, without training.
+"""`flexgrpo eval`: two policies compared offline on a prompt set, without training.
 
-The run's own settings (policy, ODE sampler steps, guidance, resolution, samples per prompt, seeds, evaluation
-scorers: `eval.rewards` or the training rewards) on the run's held-out prompts or on a prompt file (one prompt a
-line, or JSONL with `prompt` and an optional `tag`, GenEval's metadata format). Sampling and judging go through a
-rollout and a reward pool of Ray actors, as in training, and the figures are those of the in-loop evaluation
-(orchestration/evaluation.py), here per tag too. Writes into `--out` (default `RUN_DIR/eval/`): `eval.json`,
-`eval.md` (a Markdown table) and `pairs_<k>.png` (baseline | candidate per prompt, the verdicts below).
+- `flexgrpo eval RUN_DIR`: a finished run's final LoRA against its starting policy, with the run's own settings
+  (policy, ODE sampler steps, guidance, resolution, samples per prompt, seeds, evaluation scorers: `eval.rewards`
+  or the training rewards) on the run's held-out prompts or on a prompt file.
+- `flexgrpo eval --baseline MODEL [--baseline-lora DIR] --candidate MODEL [--candidate-lora DIR]`: any two
+  policies, each a tiny model name, a diffusers folder or a hub id with an optional LoRA folder (as a run writes
+  it, `lora/`); a run directory or one of its checkpoints stands for its model and its LoRA. The sampler and
+  evaluation settings are a recipe's (`--config`, default the candidate run's config, else configs/tiny.yaml).
+
+Prompts come from a file (one prompt a line, or JSONL with `prompt` and an optional `tag`, GenEval's metadata
+format). Sampling and judging go through a rollout and a reward pool of Ray actors, as in training, and the
+figures are those of the in-loop evaluation (orchestration/evaluation.py), here per tag too. Writes into `--out`
+(default `RUN_DIR/eval/`): `eval.json`, `eval.md` (a Markdown table) and `pairs_<k>.png` (baseline | candidate per
+prompt, the verdicts below).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from flexgrpo.config import Config, load_config
+from flexgrpo.config import Config, ConfigError, LoraConfig, PolicyConfig, load_config, with_rewards
 from flexgrpo.records import MediaGroup, PromptGroup, VersusStart
 from orchestration.evaluation import eval_groups, eval_settings, mean_interval
 
 log = logging.getLogger("flexgrpo")
+LORA_FILE = "pytorch_lora_weights.safetensors"  # the adapter, in the diffusers LoRA format a run writes
 
 
 class EvalInputError(ValueError):
@@ -137,62 +148,207 @@ def _verdicts(results: list[VersusStart], group_id: str, samples: int) -> list[s
     return out
 
 
-def eval_run(run_dir: Path, prompts_file: Path | None = None, out: Path | None = None) -> Path:
+@dataclass(frozen=True)
+class Side:
+    """One policy of a comparison: what the rollout workers build, and the LoRA folder loaded into it."""
+
+    policy: PolicyConfig
+    lora: Path | None = None
+
+    def describe(self) -> dict:
+        return {"family": self.policy.family, "model": self.policy.model, "lora": self.lora and str(self.lora)}
+
+
+def eval_run(
+    run_dir: Path,
+    prompts_file: Path | None = None,
+    out: Path | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+    rewards: list[dict] | None = None,
+) -> Path:
     """Compare RUN_DIR's final LoRA with its starting policy; -> the path of eval.json."""
+    cfg = _with_rewards(_run_config(run_dir, overrides), rewards)
+    _lora_folder(run_dir / "lora", f"{run_dir}/lora")
+    return compare(cfg, Side(cfg.policy), Side(cfg.policy, run_dir / "lora"), prompts_file, out or run_dir / "eval")
+
+
+def eval_policies(
+    baseline: tuple[str, str | None],
+    candidate: tuple[str, str | None],
+    prompts_file: Path | None,
+    out: Path,
+    recipe: Path | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+    rewards: list[dict] | None = None,
+) -> Path:
+    """Compare two policies, each (MODEL, LORA folder or None), with a recipe's sampler and evaluation settings
+    (default: the candidate run's config when the candidate is a run, else the tiny recipe); -> eval.json."""
+    if prompts_file is None:
+        raise EvalInputError("--prompts FILE is needed to compare two policies (only a RUN_DIR brings its own)")
+    run_dir = _run_of(Path(candidate[0]))
+    if recipe is None and run_dir is not None:
+        recipe = run_dir / "config.yaml"
+    try:
+        cfg = _with_rewards(load_config(recipe, overrides), rewards)
+    except ConfigError as err:
+        raise EvalInputError(f"config error: {err}") from None
+    base, cand = _side(cfg, *baseline, "--baseline"), _side(cfg, *candidate, "--candidate")
+    return compare(replace(cfg, policy=base.policy), base, cand, prompts_file, out)
+
+
+def compare(cfg: Config, baseline: Side, candidate: Side, prompts_file: Path | None, out: Path) -> Path:
+    """Sample the prompt groups with both policies (ODE, `cfg`'s sampler settings, seed = prompt index) and score
+    the candidate against the baseline with the evaluation rewards; write the report. -> the path of eval.json"""
     import ray
 
-    from actors.rollout_worker import RolloutWorker
     from cluster.ray_cluster import RoleGroup, ray_session
     from reward_workers.reward_worker import RewardWorker
 
-    cfg = _run_config(run_dir)
     groups, tags = _groups(cfg, prompts_file)
-    out = out or run_dir / "eval"
     out.mkdir(parents=True, exist_ok=True)
     settings = eval_settings(cfg) | {"groups": [g.__dict__ | {"tag": tags[g.group_id]} for g in groups]}
-    settings |= {"baseline": cfg.policy.model, "candidate": str(run_dir / "lora")}
+    settings |= {"baseline": baseline.describe(), "candidate": candidate.describe()}
     with ray_session(cfg.cluster, out):
-        rollout = RoleGroup(cfg.cluster.rollout, name="eval-rollout").spawn(
-            RolloutWorker,
-            args=(cfg.policy, cfg.sampler),
-            kwargs_per_rank=[{"run_seed": cfg.run.seed}] * cfg.cluster.rollout.num_workers,
-        )
+        baseline_media, candidate_media = _sample_both(cfg, baseline, candidate, groups)
         reward = RoleGroup(cfg.cluster.reward, name="eval-reward").spawn(
-            RewardWorker,
-            args=(cfg.rewards,),
-            kwargs_per_rank=[{"eval_specs": cfg.eval.rewards}] * cfg.cluster.reward.num_workers,
+            RewardWorker,  # the evaluation scorers only, as this worker's (unused) training spec
+            args=(cfg.eval.rewards or cfg.rewards,),
+            kwargs_per_rank=[{}] * cfg.cluster.reward.num_workers,
         )
         try:
-            workers, judges = rollout.actors, reward.actors
-            baseline = ray.get([workers[i % len(workers)].evaluate.remote(g) for i, g in enumerate(groups)])
-            ray.get([w.load_lora.remote(str(run_dir / "lora")) for w in workers])
-            candidate = ray.get([workers[i % len(workers)].evaluate.remote(g) for i, g in enumerate(groups)])
+            judges = reward.actors
             n = len(judges)
             calls = [
-                a.versus_start.remote(candidate[i::n], baseline[i::n]) for i, a in enumerate(judges) if i < len(groups)
+                a.versus_start.remote(candidate_media[i::n], baseline_media[i::n])
+                for i, a in enumerate(judges)
+                if i < len(groups)
             ]
             results = [r for part in ray.get(calls) for r in part]
         finally:
-            rollout.shutdown()
             reward.shutdown()
     report = summarize(results, tags, settings)
     (out / "eval.json").write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
     (out / "eval.md").write_text(markdown(report), encoding="utf-8")
-    for k, (b, c) in enumerate(zip(baseline, candidate, strict=True)):
+    for k, (b, c) in enumerate(zip(baseline_media, candidate_media, strict=True)):
         grid = pair_grid(b, c, _verdicts(results, c.group_id, c.media.shape[0]))
         Image.fromarray(grid).save(out / f"pairs_{k:03d}.png")
     return out / "eval.json"
 
 
-def _run_config(run_dir: Path) -> Config:
+def _sample_both(
+    cfg: Config, baseline: Side, candidate: Side, groups: list[PromptGroup]
+) -> tuple[list[MediaGroup], list[MediaGroup]]:
+    """Both policies' samples of `groups`. A baseline without a LoRA on the candidate's base model is sampled on
+    the candidate's pool before its LoRA is loaded (a new adapter leaves the model as it is); otherwise each side
+    gets a pool of its own."""
+    if baseline.lora is None and replace(baseline.policy, lora=candidate.policy.lora) == candidate.policy:
+        with _rollout_pool(cfg, candidate.policy) as workers:
+            return _sample(workers, None, groups), _sample(workers, candidate.lora, groups)
+    with _rollout_pool(cfg, baseline.policy) as workers:
+        baseline_media = _sample(workers, baseline.lora, groups)
+    with _rollout_pool(cfg, candidate.policy) as workers:
+        return baseline_media, _sample(workers, candidate.lora, groups)
+
+
+@contextmanager
+def _rollout_pool(cfg: Config, policy: PolicyConfig) -> Iterator[list]:
+    from actors.rollout_worker import RolloutWorker
+    from cluster.ray_cluster import RoleGroup
+
+    pool = RoleGroup(cfg.cluster.rollout, name="eval-rollout").spawn(
+        RolloutWorker,
+        args=(policy, cfg.sampler),
+        kwargs_per_rank=[{"run_seed": cfg.run.seed}] * cfg.cluster.rollout.num_workers,
+    )
+    try:
+        yield pool.actors
+    finally:
+        pool.shutdown()
+
+
+def _sample(workers: list, lora: Path | None, groups: list[PromptGroup]) -> list[MediaGroup]:
+    """ODE samples of `groups` spread over `workers`, with `lora` loaded first (if any)."""
+    import ray
+
+    if lora is not None:
+        ray.get([w.load_lora.remote(str(lora)) for w in workers])
+    return ray.get([workers[i % len(workers)].evaluate.remote(g) for i, g in enumerate(groups)])
+
+
+def _side(cfg: Config, model: str, lora: str | None, flag: str) -> Side:
+    """One side from MODEL and an optional LoRA folder. MODEL may be a run directory or one of its checkpoints:
+    the run's model (family, text settings) with the LoRA it saved there."""
+    from actors.tiny_models import TINY_MODELS
+    from flexgrpo.model_cache import check_model_reference
+
+    run_dir = _run_of(Path(model))
+    if run_dir is not None:
+        if lora is not None:
+            raise EvalInputError(f"{flag} {model} is a run's folder and brings its own LoRA: leave out {flag}-lora")
+        run = load_config(run_dir / "config.yaml").policy
+        policy = replace(cfg.policy, family=run.family, model=run.model, max_sequence_length=run.max_sequence_length)
+        policy = replace(policy, distilled_guidance_scale=run.distilled_guidance_scale)
+        lora = str(Path(model) / "lora")
+    else:
+        try:
+            check_model_reference(flag, model, TINY_MODELS)
+        except ConfigError as err:
+            raise EvalInputError(str(err)) from None
+        policy = replace(cfg.policy, model=model)
+    if lora is None:
+        return Side(replace(policy, lora=replace(policy.lora, enabled=False)))
+    folder = _lora_folder(Path(lora), f"{flag}-lora {lora}" if run_dir is None else f"{model}/lora")
+    return Side(replace(policy, lora=_adapter_settings(folder, policy.lora)), folder)
+
+
+def _run_of(folder: Path) -> Path | None:
+    """The run directory of a run directory (config.yaml) or of one of its checkpoints (run_state.json)."""
+    if (folder / "config.yaml").is_file():
+        return folder
+    if (folder / "run_state.json").is_file() and (folder.parent.parent / "config.yaml").is_file():
+        return folder.parent.parent
+    return None
+
+
+def _lora_folder(folder: Path, what: str) -> Path:
+    if not folder.is_dir():
+        raise EvalInputError(f"{what} is not a folder")
+    if not (folder / LORA_FILE).is_file():
+        raise EvalInputError(
+            f"{what} holds no LoRA adapter ({LORA_FILE}): give the `lora/` folder a run writes (a full fine-tune's "
+            "exported pipeline is a MODEL folder)"
+        )
+    return folder
+
+
+def _adapter_settings(folder: Path, default: LoraConfig) -> LoraConfig:
+    """The adapter's rank, alpha and target modules from the metadata diffusers saves with it (else `default`)."""
+    from safetensors import safe_open
+
+    with safe_open(str(folder / LORA_FILE), "pt") as f:
+        meta = json.loads((f.metadata() or {}).get("lora_adapter_metadata", "{}"))
+    if "transformer.r" not in meta:
+        return replace(default, enabled=True)
+    targets = meta.get("transformer.target_modules", default.target_modules)
+    return LoraConfig(
+        enabled=True, rank=meta["transformer.r"], alpha=meta["transformer.lora_alpha"], target_modules=sorted(targets)
+    )
+
+
+def _with_rewards(cfg: Config, rewards: list[dict] | None) -> Config:
+    """`cfg` with `rewards` (reward specs as dicts, from --rewards) as its evaluation rewards."""
+    if rewards is None:
+        return cfg
+    try:
+        return replace(cfg, eval=replace(cfg.eval, rewards=with_rewards(cfg, rewards)))
+    except ConfigError as err:
+        raise EvalInputError(f"--rewards: {err}") from None
+
+
+def _run_config(run_dir: Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:
     if not (run_dir / "config.yaml").is_file():
         raise EvalInputError(f"{run_dir} is not a run directory (no config.yaml)")
-    if not (run_dir / "lora" / "pytorch_lora_weights.safetensors").is_file():
-        raise EvalInputError(
-            f"{run_dir}/lora/pytorch_lora_weights.safetensors is missing: `flexgrpo eval RUN_DIR` compares a "
-            "finished LoRA run's final adapter with its starting policy"
-        )
-    return load_config(run_dir / "config.yaml")
+    return load_config(run_dir / "config.yaml", overrides)
 
 
 def _groups(cfg: Config, prompts_file: Path | None) -> tuple[list[PromptGroup], dict[str, str | None]]:

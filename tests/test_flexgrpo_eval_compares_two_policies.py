@@ -1,0 +1,102 @@
+"""`flexgrpo eval --baseline MODEL --candidate MODEL|CHECKPOINT [--candidate-lora DIR]` compares any two policies
+as a user runs it (a shell with only PATH and HOME): eval.json with per-reward win rates, intervals, per-tag
+figures, pointwise means and the pinned sampler settings; a policy against itself wins exactly half; bad input
+is one line and exit code 2."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from orchestration.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+FLEXGRPO = Path(sys.executable).parent / "flexgrpo"
+CLEAN_ENV = {"PATH": os.environ["PATH"], "HOME": os.environ["HOME"]}
+SHORT = ["sampler.eval_num_steps=4", "eval.samples_per_prompt=1"]  # the pinned settings checked below
+
+
+def _flexgrpo(*args: str) -> subprocess.CompletedProcess:
+    done = subprocess.run([str(FLEXGRPO), *args], cwd=REPO, env=CLEAN_ENV, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory) -> dict[str, Path]:
+    """A finished tiny LoRA run (one step, a large learning rate), a tagged prompt file and a rewards file."""
+    root = tmp_path_factory.mktemp("eval2")
+    _flexgrpo(
+        "train",
+        f"run.output_dir={root}",
+        "run.name=trained",
+        "run.num_steps=1",
+        "grpo.groups_per_step=1",
+        "grpo.group_size=4",
+        "sampler.num_steps=4",
+        "learner.lr=0.05",
+        "eval.every=0",
+    )
+    prompts = root / "prompts.jsonl"
+    rows = [{"prompt": "a red cube", "tag": "colors"}, {"prompt": "two cats", "tag": "counting"}]
+    prompts.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    rewards = root / "rewards.yaml"
+    rewards.write_text("- name: jpeg_compressibility_pairwise\n- name: jpeg_compressibility\n")
+    return {"root": root, "run": root / "trained", "prompts": prompts, "rewards": rewards}
+
+
+def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a cat\na dog\n")
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n")
+    (tmp_path / "no_adapter").mkdir()
+    base = ["eval", "--baseline", "tiny-sd3", "--out", str(tmp_path / "out")]
+    cases = [
+        (["--candidate", str(tmp_path / "missing"), "--prompts", str(prompts)], "is not a folder that exists"),
+        (["--candidate-lora", str(tmp_path / "no_adapter"), "--prompts", str(prompts)], "holds no LoRA adapter"),
+        (["--candidate-lora", str(tmp_path / "missing"), "--prompts", str(prompts)], "is not a folder"),
+        (["--candidate", "tiny-sd3", "--prompts", str(empty)], "holds 0 prompts"),
+        (["--candidate", "tiny-sd3"], "--prompts FILE is needed"),
+    ]
+    for extra, message in cases:
+        assert main([*base, *extra]) == 2, extra
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, err
+    assert main(["eval", "--baseline", "tiny-sd3", "--candidate", "tiny-sd3", "--prompts", str(prompts)]) == 2
+    assert "--out DIR is needed" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_a_runs_lora_against_the_plain_model_and_a_model_against_itself(inputs):
+    run, out = inputs["run"], inputs["root"] / "lora_vs_plain"
+    common = ["--prompts", str(inputs["prompts"]), "--rewards", str(inputs["rewards"]), *SHORT]
+    checkpoint = next((run / "checkpoints").glob("step_*"))
+    done = _flexgrpo("eval", "--baseline", "tiny-sd3", "--candidate", str(checkpoint), "--out", str(out), *common)
+    assert "| jpeg_compressibility_pairwise | all | 2 |" in done.stdout
+    report = json.loads((out / "eval.json").read_text())
+    judge = report["rewards"]["jpeg_compressibility_pairwise"]
+    assert judge["pairwise"] and judge["n"] == 2 and len(judge["ci95"]) == 2
+    assert 0 <= judge["ci95"][0] <= judge["win_rate"] <= judge["ci95"][1] <= 1
+    assert sorted(judge["per_tag"]) == ["colors", "counting"] and judge["per_tag"]["colors"]["n"] == 1
+    point = report["rewards"]["jpeg_compressibility"]
+    assert point["candidate_mean"] != point["baseline_mean"]  # the run's LoRA was loaded into the candidate
+    settings = report["settings"]
+    assert settings["sampler"] == {"kind": "ode", "num_steps": 4, "guidance_scale": 1.0}
+    assert [(g["prompt"], g["seed"], g["tag"]) for g in settings["groups"]] == [
+        ("a red cube", 0, "colors"),
+        ("two cats", 1, "counting"),
+    ]
+    assert settings["baseline"] == {"family": "sd3", "model": "tiny-sd3", "lora": None}
+    assert settings["candidate"]["lora"] == str(checkpoint / "lora")
+    assert (out / "eval.md").is_file() and (out / "pairs_001.png").is_file()
+
+    same = inputs["root"] / "plain_vs_plain"
+    _flexgrpo("eval", "--baseline", "tiny-sd3", "--candidate", "tiny-sd3", "--out", str(same), *common)
+    report = json.loads((same / "eval.json").read_text())
+    judge, point = report["rewards"]["jpeg_compressibility_pairwise"], report["rewards"]["jpeg_compressibility"]
+    assert judge["win_rate"] == 0.5 and judge["ci95"] == [0.5, 0.5]  # identical samples: every pair a tie
+    assert point["delta"] == 0.0 and point["candidate_mean"] == point["baseline_mean"]
