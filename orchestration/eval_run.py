@@ -31,6 +31,7 @@ from PIL import Image, ImageDraw, ImageFont
 from flexgrpo.config import Config, ConfigError, LoraConfig, PolicyConfig, load_config, with_rewards
 from flexgrpo.records import MediaGroup, PromptGroup, VersusStart
 from orchestration.evaluation import eval_groups, eval_settings, mean_interval
+from reward_workers.versus_start import CATEGORY_PREFIX
 
 log = logging.getLogger("flexgrpo")
 LORA_FILE = "pytorch_lora_weights.safetensors"  # the adapter, in the diffusers LoRA format a run writes
@@ -64,10 +65,20 @@ def _figures(values: torch.Tensor, bounds: tuple[float, float] | None) -> dict:
     return {"mean": mean, "ci95": [lo, hi], "n": values.numel()}
 
 
+def _win_rate(rows: list[VersusStart], part: str) -> dict | None:
+    """The candidate's win rate in `part` over the prompts with evidence for it; None: no prompt has any."""
+    wins = torch.stack([r.candidate[part].nanmean() for r in rows if part in r.candidate])  # [P]
+    wins = wins[~wins.isnan()]
+    if not wins.numel():
+        return None
+    figures = _figures(wins, (0.0, 1.0))
+    return {"win_rate": figures.pop("mean")} | figures
+
+
 def summarize(results: list[VersusStart], tags: dict[str, str | None], settings: dict) -> dict:
-    """eval.json: per reward, over prompts and per tag, the candidate's win rate against the baseline (pairwise)
-    or the baseline and candidate means and their difference (pointwise), each with a 95% interval over prompts.
-    `tags`: group id -> tag."""
+    """eval.json: per reward, over prompts and per tag, the candidate's win rate against the baseline (pairwise;
+    Flex also per category, `categories`) or the baseline and candidate means and their difference (pointwise),
+    each with a 95% interval over prompts. `tags`: group id -> tag."""
     rewards: dict[str, dict] = {}
     for name in dict.fromkeys(r.reward for r in results):
         rows = [r for r in results if r.reward == name]
@@ -77,9 +88,14 @@ def summarize(results: list[VersusStart], tags: dict[str, str | None], settings:
         entry: dict = {"pairwise": rows[0].pairwise, "per_tag": {}}
         for tag, subset in subsets.items():
             if rows[0].pairwise:
-                wins = torch.stack([r.candidate[""].mean() for r in subset])  # [P]
-                figures = _figures(wins, (0.0, 1.0))
-                figures = {"win_rate": figures.pop("mean")} | figures
+                figures = _win_rate(subset, "")
+                categories = {
+                    part.removeprefix(CATEGORY_PREFIX): _win_rate(subset, part)
+                    for part in dict.fromkeys(p for r in subset for p in r.candidate)
+                    if part.startswith(CATEGORY_PREFIX)
+                }
+                if categories := {k: v for k, v in categories.items() if v is not None}:
+                    figures["categories"] = categories  # Flex: per category, under the judge's names
             else:
                 cand = torch.stack([r.candidate[""].mean() for r in subset])
                 base = torch.stack([r.reference[""].mean() for r in subset])
@@ -112,6 +128,9 @@ def markdown(report: dict) -> str:
             base, cand = ("", "") if entry["pairwise"] else (f"{f['baseline_mean']:.4g}", f"{f['candidate_mean']:.4g}")
             interval = f"[{f['ci95'][0]:.3f}, {f['ci95'][1]:.3f}]"
             lines.append(f"| {name} | {tag} | {f['n']} | {value:.3f} | {interval} | {base} | {cand} |")
+        for category, f in entry.get("categories", {}).items():
+            interval = f"[{f['ci95'][0]:.3f}, {f['ci95'][1]:.3f}]"
+            lines.append(f"| {name} ({category}) | all | {f['n']} | {f['win_rate']:.3f} | {interval} |  |  |")
     return "\n".join(lines) + "\n"
 
 

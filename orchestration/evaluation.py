@@ -7,7 +7,9 @@ prompts, seeds and sampler settings), so every evaluation of a run, across resum
 reference. Per evaluation reward (`eval.rewards`, default the training rewards):
 
   pairwise   `<name>/win_rate_vs_start` with a 95% interval over prompts (`_lo`, `_hi`), per component (Flex:
-             `<name>/category/win_rate_vs_start`), and `<name>/first_position_rate` of the decided judgements
+             `<name>/category/win_rate_vs_start`, the weighted category mean, and per category under the judge's
+             own name, `<name>/category/A. Semantic Alignment & Accuracy/win_rate_vs_start`), and
+             `<name>/first_position_rate` of the decided judgements
   pointwise  `<name>/mean` of the samples and `<name>/delta_vs_start` (mean over prompts of the change against the
              start samples) with its interval
 
@@ -75,9 +77,9 @@ def versus_start_metrics(results: list[VersusStart]) -> dict[str, float]:
         by_reward.setdefault(r.reward, []).append(r)
     metrics: dict[str, float] = {}
     for name, rows in by_reward.items():
-        for part in rows[0].candidate:
+        for part in dict.fromkeys(p for r in rows for p in r.candidate):  # Flex: a category some replies named
             if rows[0].pairwise:
-                per_prompt = torch.stack([r.candidate[part].nanmean() for r in rows])  # [P]
+                per_prompt = torch.stack([r.candidate[part].nanmean() for r in rows if part in r.candidate])  # [P]
                 per_prompt = per_prompt[~per_prompt.isnan()]  # a prompt with no evidence for this part
                 if per_prompt.numel():
                     figure = _key(name, part, "win_rate_vs_start")

@@ -17,6 +17,8 @@ class RewardOutput:
     unparsed: int = 0  # judge replies that did not parse (scored as ties)
     requests: int = 0  # judge requests made
     components: dict[str, torch.Tensor] = field(default_factory=dict)  # part -> [G] float32 (Flex: see judges.py)
+    # Flex: the judge's category name -> [G] float32 win rate in that category (0 where never compared in it)
+    categories: dict[str, torch.Tensor] = field(default_factory=dict)
     first_position_wins: int = 0  # pairwise: decided judgements won by the sample shown first
     position_decided: int = 0  # pairwise: judgements with a winner (not a tie or unparsed)
 

@@ -35,12 +35,13 @@ from reward_workers.judge_parse import (
 )
 from reward_workers.judge_prompts import (
     POINTWISE_DIMENSIONS,
+    category_names,
     flex_reply_schema,
     pointwise_reply_regex,
     render,
     think_reply_regex,
 )
-from reward_workers.winrate import Comparison, flex_rewards, judge_pairs, win_rates
+from reward_workers.winrate import ROBUST_LETTERS, Comparison, flex_rewards, judge_pairs, win_rates
 
 log = logging.getLogger(__name__)
 RETRY_TEMPERATURE = 0.7  # greedy retries sample, so a garbled greedy reply is not simply repeated
@@ -128,7 +129,8 @@ def _generation(spec: RewardSpec, constraint: dict) -> Generation:
     )
 
 
-Rewards = tuple[torch.Tensor, dict[str, torch.Tensor], dict]  # [G] rewards, [G] components by suffix, log entry
+# [G] rewards, [G] components by suffix, [G] win rates by category name (Flex), log entry
+Rewards = tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, torch.Tensor], dict]
 
 
 @dataclass(frozen=True)
@@ -150,7 +152,8 @@ def _flex_rewards(group_size: int, comparisons: list[Comparison], video: bool, o
     components = {"overall": rates.overall, "category": rates.category, "category_mask": rates.evidence.float()}
     entry = {"overall": rates.overall.tolist(), "category": rates.category.tolist()}
     entry |= {"evidence": rates.evidence.tolist()} | {k: r.tolist() for k, r in rates.per_category.items()}
-    return rates.rewards, components, entry
+    names = {} if official else dict(zip(ROBUST_LETTERS, category_names(video), strict=True))  # A -> "A. Semantic..."
+    return rates.rewards, components, {names.get(k, k): r for k, r in rates.per_category.items()}, entry
 
 
 def _think_parse(reply: object, video: bool, official: bool) -> PairVerdict:
@@ -159,7 +162,7 @@ def _think_parse(reply: object, video: bool, official: bool) -> PairVerdict:
 
 def _think_rewards(group_size: int, comparisons: list[Comparison], video: bool, official: bool) -> Rewards:
     rates = win_rates(group_size, comparisons, rounded=official)  # [G]
-    return rates, {}, {"overall": rates.tolist()}
+    return rates, {}, {}, {"overall": rates.tolist()}
 
 
 FLEX = PairwiseFormat(
@@ -215,7 +218,7 @@ class PairwiseJudge:
         self, group: MediaGroup, pairs: list[tuple[int, int]], verdicts: list[PairVerdict], attempts: list[int]
     ) -> RewardOutput:
         comparisons = [Comparison(i, j, v) for (i, j), v in zip(pairs, verdicts, strict=True)]
-        rewards, components, rates = self.format.rewards(
+        rewards, components, categories, rates = self.format.rewards(
             group.media.shape[0], comparisons, group.is_video, self.official
         )
         details = [_pair_details(c, n) for c, n in zip(comparisons, attempts, strict=True)]
@@ -227,6 +230,7 @@ class PairwiseJudge:
             unparsed=sum(not v.parsed for v in verdicts),
             requests=sum(attempts),
             components=components,
+            categories=categories,
             first_position_wins=decided.count(0),
             position_decided=len(decided),
         )

@@ -2,8 +2,10 @@
 
 A pairwise judge sees each sample beside its start sample as a 2-sample group (one pair), in both orders: one
 group [sample, start] judged with `both_orders`, or, when the spec judges one order, a second group
-[start, sample]. The sample's win rate is its group win rate averaged over the orders. A pointwise scorer scores
-both groups as they are.
+[start, sample]. The sample's win rate is its group win rate averaged over the orders; Flex's win rate in each
+category the judge named (part `category/<name>`) is averaged over the orders whose reply named it (a pair group
+is one pair: both samples were compared in a category or neither was). A pointwise scorer scores both groups as
+they are.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from flexgrpo.records import MediaGroup, VersusStart
 from reward_workers.base import RewardModel, RewardOutput
 
 MASK_SUFFIX = "_mask"  # a component "<part>_mask" says where component <part> has evidence (Flex's category)
+CATEGORY_PREFIX = "category/"  # the part of Flex's win rate in one category: "category/<the judge's name>"
 
 
 def pair_groups(candidate: MediaGroup, reference: MediaGroup, both_orders: bool) -> list[MediaGroup]:
@@ -40,6 +43,7 @@ def pair_groups(candidate: MediaGroup, reference: MediaGroup, both_orders: bool)
 def _parts(out: RewardOutput, index: int) -> dict[str, float]:
     """Sample `index`'s reward ("") and components of a group output; NaN where a component's mask is 0."""
     parts = {"": float(out.rewards[index])} | {k: float(v[index]) for k, v in out.components.items()}
+    parts |= {f"{CATEGORY_PREFIX}{name}": float(v[index]) for name, v in out.categories.items()}
     for key, mask in out.components.items():
         if key.endswith(MASK_SUFFIX):
             del parts[key]
@@ -52,17 +56,23 @@ def _parts(out: RewardOutput, index: int) -> dict[str, float]:
 
 def pairwise_rates(outputs: list[RewardOutput], samples: int, both_orders: bool) -> dict[str, torch.Tensor]:
     """Per part, each candidate sample's win rate [S] float32, averaged over the orders it was shown in
-    (`outputs` in the order of `pair_groups`)."""
+    (`outputs` in the order of `pair_groups`); NaN where no order gave the part (a category no reply named)."""
     per_sample = 1 if both_orders else 2
-    rates: dict[str, list[float]] = {}
+    shown = []  # per sample, its parts in each order shown
     for k in range(samples):
-        shown = [_parts(outputs[k * per_sample], 0)]  # candidate first
+        views = [_parts(outputs[k * per_sample], 0)]  # candidate first
         if not both_orders:
-            shown.append(_parts(outputs[k * per_sample + 1], 1))  # candidate second
-        for part in shown[0]:
-            values = torch.tensor([s[part] for s in shown])
-            rates.setdefault(part, []).append(values.nanmean().item())
-    return {part: torch.tensor(values, dtype=torch.float32) for part, values in rates.items()}
+            views.append(_parts(outputs[k * per_sample + 1], 1))  # candidate second
+        shown.append(views)
+    parts = dict.fromkeys(part for views in shown for view in views for part in view)
+    nan = float("nan")
+    return {
+        part: torch.tensor(
+            [torch.tensor([view.get(part, nan) for view in views]).nanmean().item() for views in shown],
+            dtype=torch.float32,
+        )
+        for part in parts
+    }
 
 
 def score_versus_start(
