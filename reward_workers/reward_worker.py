@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -23,6 +23,7 @@ class _Loaded:
     specs: list[RewardSpec]
     models: list[RewardModel]
     version: int
+    borrowed: frozenset[int] = frozenset()  # ids of models another _Loaded owns (the evaluation's): not closed here
     in_flight: int = 0
     retired: bool = False  # swapped out: closed once the last scoring that uses it is done
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -47,7 +48,8 @@ class _Loaded:
 
     def close(self) -> None:
         for model in self.models:
-            model.close()
+            if id(model) not in self.borrowed:
+                model.close()
 
 
 class RewardWorker(Heartbeating):
@@ -59,7 +61,8 @@ class RewardWorker(Heartbeating):
     ones are closed when the last call using them ends.
 
     Evaluation scorers (`eval_specs`, built once, never swapped) score evaluation groups against the starting
-    policy's (`versus_start`); without them the evaluation uses the current training spec.
+    policy's (`versus_start`); without them the evaluation uses the current training spec. A training reward equal
+    to an evaluation scorer (its weight aside) uses the scorer's model instead of loading it a second time.
     """
 
     def __init__(
@@ -96,7 +99,7 @@ class RewardWorker(Heartbeating):
         """Load a new reward spec; the old models are released once no scoring uses them.
 
         A spec that fails to build leaves the current one in place (and releases what it had built)."""
-        loaded = _load(specs, version)
+        loaded = _load(specs, version, share=self._eval)
         with self._swap_lock:
             old, self._current = self._current, loaded
         if old is not None:
@@ -143,18 +146,29 @@ class RewardWorker(Heartbeating):
             loaded.leave()
 
 
-def _load(specs: list[RewardSpec], version: int) -> _Loaded:
-    """Build the models of a spec; one that fails releases what was built and raises."""
+def _load(specs: list[RewardSpec], version: int, share: _Loaded | None = None) -> _Loaded:
+    """Build the models of a spec, taking those of `share` whose spec is the same but for the weight (they stay
+    `share`'s to close); one that fails releases what was built and raises."""
     check_reward_specs(specs)
     models: list[RewardModel] = []
+    borrowed: set[int] = set()
     try:
         for spec in specs:
-            models.append(build_reward(spec))
+            owned = [m for s, m in zip(share.specs, share.models, strict=True) if _same_model(s, spec)] if share else []
+            if owned:
+                borrowed.add(id(owned[0]))
+            models.append(owned[0] if owned else build_reward(spec))
     except BaseException:
         for model in models:
-            model.close()
+            if id(model) not in borrowed:
+                model.close()
         raise
-    return _Loaded(list(specs), models, version)
+    return _Loaded(list(specs), models, version, frozenset(borrowed))
+
+
+def _same_model(a: RewardSpec, b: RewardSpec) -> bool:
+    """Two specs that build the same model (the weight only mixes rewards)."""
+    return replace(a, weight=1.0) == replace(b, weight=1.0)
 
 
 def _scored(group: MediaGroup, loaded: _Loaded, outputs: list[RewardOutput]) -> ScoredGroup:
