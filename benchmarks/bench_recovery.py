@@ -3,16 +3,22 @@
 next trained step, and steps lost (trained again after a rollback). A killed driver is started again at once
 with the same command, as SLURM or KubeRay would.
 
-    python benchmarks/bench_recovery.py ["rollout-0" "driver (SIGTERM)" ...]
+The node rows run the job on a local multi-node Ray cluster (tests/local_cluster.py: one GPU per node, one spare
+node) and remove the node of a worker instead; the scale-up row sends `scale --pool rollout --workers 2` at step
+5 (the spare takes the new worker) and measures the seconds until the new worker's first group is scored.
+
+    python benchmarks/bench_recovery.py ["rollout-0" "node of learner-0" "scale-up" ...]
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import sys
 import tempfile
 import time
+from contextlib import ExitStack
 from pathlib import Path
 
 import redis
@@ -22,10 +28,12 @@ os.environ.setdefault("FLEXGRPO_CACHE", str(Path(__file__).resolve().parents[1] 
 
 from cluster.embedded_redis import EmbeddedRedis  # noqa: E402
 from flexgrpo.control_plane import ControlPlane  # noqa: E402
-from tests.process_job import Job  # noqa: E402
+from tests.local_cluster import LocalCluster  # noqa: E402
+from tests.process_job import FLEXGRPO, Job  # noqa: E402
 
 STEPS, KILL_AT = 12, 5
 VICTIMS = ("rollout-0", "reward-0", "learner-0", "redis", "driver (kill -9)", "driver (SIGTERM)")
+VICTIMS += ("node of rollout-0", "node of reward-0", "node of learner-0", "scale-up")
 
 
 def kill(job: Job, victim: str, control: ControlPlane) -> tuple[float, float]:
@@ -45,15 +53,49 @@ def kill(job: Job, victim: str, control: ControlPlane) -> tuple[float, float]:
     return killed, killed
 
 
+def remove_node(job: Job, cluster: LocalCluster, victim: str) -> tuple[float, float]:
+    """Remove the node of the actor `victim` names; -> (when, when)"""
+    actor = victim.removeprefix("node of ")
+    node = cluster.actors()[actor][1]
+    removed = time.time()
+    cluster.remove_node(node)
+    return removed, removed
+
+
+def scale_up(job: Job) -> float:
+    """Ask for a second rollout worker; -> seconds until its first group was scored."""
+    sent = time.time()
+    subprocess.run([FLEXGRPO, "command", str(job.run_dir), "scale", "--pool", "rollout", "--workers", "2"], check=True)
+    control = job.control()
+    while not (first := [e for e in control.ledger_log() if e["to"] == "sampled" and e["worker"] == "rollout-1"]):
+        assert job.process.poll() is None, job.tail()
+        time.sleep(0.2)
+    return first[0]["time"] - sent
+
+
 def measure(out: Path, name: str, victim: str) -> tuple[float, int, bool]:
-    """-> (seconds from the kill to the next trained step, steps trained again, audit clean)"""
-    job = Job(out, name, STEPS).start()
-    killed, went_on = kill(job, victim, job.wait_for_step(KILL_AT))
-    assert job.wait() == 0, job.tail()
+    """-> (seconds from the kill to the next trained step, steps trained again, audit clean); for scale-up,
+    the seconds to the new worker's first group and 0"""
+    with ExitStack() as stack:
+        on_cluster = victim.startswith("node of") or victim == "scale-up"
+        cluster = stack.enter_context(LocalCluster(worker_nodes=4)) if on_cluster else None
+        extra = [f"cluster.address={cluster.address}"] if cluster else []
+        job = Job(out, name, STEPS, *extra).start(env=cluster.env if cluster else None)
+        control = job.wait_for_step(KILL_AT)
+        if victim == "scale-up":
+            seconds = scale_up(job)
+            killed = went_on = 0.0
+        elif cluster:
+            killed, went_on = remove_node(job, cluster, victim)
+        else:
+            killed, went_on = kill(job, victim, control)
+        assert job.wait() == 0, job.tail()
     with EmbeddedRedis(job.run_dir / "redis") as url:  # the finished run's data, read back
         control = ControlPlane(url, job.run_dir.name)
         events = [e for e in control.ledger_log() if e["to"] == "trained"]
         clean = control.audit(STEPS).ok
+    if victim == "scale-up":
+        return seconds, 0, clean
     done_before = {e["step"] for e in events if e["time"] < went_on}
     after = [e for e in events if e["time"] >= went_on]  # (a SIGTERM lets the step in progress finish first)
     first = min(after, key=lambda e: e["time"])
@@ -65,7 +107,10 @@ def main() -> None:
     out = Path(tempfile.mkdtemp(prefix="bench_recovery_"))
     rows = [(victim, *measure(out, f"run{i}", victim)) for i, victim in enumerate(chosen)]
     print(f"\ntiny recipe, {STEPS} steps, killed at step {KILL_AT}, checkpoints every 3 steps")
-    print("| killed | seconds to the next trained step | steps trained again | audit |")
+    print(
+        "| killed (scale-up: seconds to the new worker's first group) | seconds to the next trained step | "
+        "steps trained again | audit |"
+    )
     print("| --- | --- | --- | --- |")
     for victim, seconds, lost, clean in rows:
         print(f"| {victim} | {seconds:.1f} | {lost} | {'clean' if clean else 'FAILED'} |")

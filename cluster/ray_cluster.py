@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import ray
-from ray.util.placement_group import placement_group, remove_placement_group
+from ray.util.placement_group import PlacementGroup, placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from flexgrpo.config import ClusterConfig, ConfigError, PoolConfig
@@ -112,6 +112,38 @@ def _rendezvous_address() -> tuple[str, int]:
     return node_ip(), free_port()
 
 
+class PoolUnplaced(RuntimeError):
+    """The cluster has no room for a pool (or a worker of it) within the time allowed."""
+
+
+def worker_bundle(pool: PoolConfig) -> dict[str, float]:
+    """The resources of one worker of `pool` (a placement-group bundle)."""
+    bundle = {"CPU": pool.cpus_per_worker or 0.01}  # a bundle may not be empty
+    if pool.gpus_per_worker > 0:
+        bundle["GPU"] = pool.gpus_per_worker
+    return bundle
+
+
+def remote_class(cls: type, concurrency_groups: dict[str, int] | None) -> Any:
+    """`cls` as a Ray actor class; concurrency_groups: named threads of its own beside the default one."""
+    return ray.remote(concurrency_groups=concurrency_groups)(cls) if concurrency_groups else ray.remote(cls)
+
+
+def actor_options(
+    name: str, bundle: dict[str, float], group: PlacementGroup, index: int, max_restarts: int, max_concurrency: int
+) -> dict[str, Any]:
+    """Ray options of a role actor that takes bundle `index` of placement group `group`."""
+    return {
+        "name": name,
+        "num_cpus": bundle["CPU"],
+        "num_gpus": bundle.get("GPU", 0),
+        "max_restarts": max_restarts,
+        "max_task_retries": 0,
+        "max_concurrency": max_concurrency,
+        "scheduling_strategy": PlacementGroupSchedulingStrategy(group, index),
+    }
+
+
 class RoleGroup:
     """N actors of one role class, one per bundle of a placement group (a pool).
 
@@ -122,15 +154,18 @@ class RoleGroup:
     the reward worker is for swaps during scoring).
     """
 
-    def __init__(self, pool: PoolConfig, *, name: str) -> None:
-        self.bundle: dict[str, float] = {"CPU": pool.cpus_per_worker or 0.01}  # a bundle may not be empty
-        if pool.gpus_per_worker > 0:
-            self.bundle["GPU"] = pool.gpus_per_worker
+    def __init__(self, pool: PoolConfig, *, name: str, wait_s: float = 300) -> None:
+        """Reserve the pool; raises PoolUnplaced when the cluster cannot place it within `wait_s`."""
+        self.bundle = worker_bundle(pool)
         self.name, self.size = name, pool.num_workers
         self.placement_group = placement_group(
             [dict(self.bundle) for _ in range(pool.num_workers)], strategy="PACK", name=f"{name}-pool"
         )
-        ray.get(self.placement_group.ready(), timeout=300)
+        if not self.placement_group.wait(wait_s):
+            remove_placement_group(self.placement_group)
+            raise PoolUnplaced(
+                f"the {name} pool ({pool.num_workers} x {self.bundle}) found no room in the cluster within {wait_s:g} s"
+            )
         self.actors: list = []
 
     def rendezvous_address(self) -> tuple[str, int]:
@@ -150,16 +185,12 @@ class RoleGroup:
     ) -> RoleGroup:
         """Start one actor of `cls` per bundle. concurrency_groups: named threads of their own (Ray concurrency
         groups), for methods called with `.options(concurrency_group=name)` beside the default thread."""
-        remote_cls = ray.remote(concurrency_groups=concurrency_groups)(cls) if concurrency_groups else ray.remote(cls)
+        remote_cls = remote_class(cls, concurrency_groups)
         self.actors = [
             remote_cls.options(
-                name=f"{self.name}-{rank}",
-                num_cpus=self.bundle["CPU"],
-                num_gpus=self.bundle.get("GPU", 0),
-                max_restarts=max_restarts,
-                max_task_retries=0,
-                max_concurrency=max_concurrency,
-                scheduling_strategy=PlacementGroupSchedulingStrategy(self.placement_group, rank),
+                **actor_options(
+                    f"{self.name}-{rank}", self.bundle, self.placement_group, rank, max_restarts, max_concurrency
+                )
             ).remote(*args, **(kwargs_per_rank[rank] if kwargs_per_rank else {}))
             for rank in range(self.size)
         ]

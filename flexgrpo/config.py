@@ -59,6 +59,9 @@ class ClusterConfig:
     redis_url: str | None = None  # control-plane Redis; null starts an embedded one in the run directory
     max_restarts: int = 5  # restarts of dead actors (rollout, reward, learner) allowed within restart_window_s
     restart_window_s: float = 600.0  # the window of the restart budget; a job past the budget fails
+    start_timeout_s: float = 900.0  # the pools' first start (placed, models loaded) must finish within this
+    learner_wait_s: float = 600.0  # a learner pool being rebuilt (a rank's node lost) waits this long for room in
+    # the cluster; then the job stops cleanly (status stopped, the reason recorded), to resume when room returns
     rollout: PoolConfig = field(default_factory=PoolConfig)  # the policy's sampling pool
     reward: PoolConfig = field(default_factory=PoolConfig)  # the reward models' pool
     learner: PoolConfig = field(default_factory=PoolConfig)  # the DeepSpeed learner's ranks
@@ -450,6 +453,8 @@ def _validate_cluster(cfg: Config) -> None:
     c = cfg.cluster
     _positive("cluster.max_restarts", c.max_restarts, allow_zero=True)
     _positive("cluster.restart_window_s", c.restart_window_s)
+    _positive("cluster.start_timeout_s", c.start_timeout_s)
+    _positive("cluster.learner_wait_s", c.learner_wait_s)
     for pool in ("rollout", "reward", "learner"):
         p: PoolConfig = getattr(c, pool)
         _positive(f"cluster.{pool}.num_workers", p.num_workers)

@@ -102,6 +102,7 @@ class TrainedStep:
 
     version: int  # policy version of the weights after this step
     metrics: dict[str, float]  # loss/, offpolicy/ figures of this rank
+    lost: tuple[str, ...] = ()  # group ids whose trajectories died with a node: no rank trained, version unchanged
 
 
 @dataclass(frozen=True)

@@ -244,6 +244,23 @@ class GRPOLearner(Heartbeating):
         metrics["loss/micro_batches"] = float(len(stats))
         return TrainedStep(version=self.version, metrics=metrics)
 
+    def train_step_from_store(self, step_scores: list[ScoredGroup], own: list[tuple[str, object]]) -> TrainedStep:
+        """The actor's entry to `train_step`: this rank fetches its groups itself (`own`: group id and object
+        ref each). A trajectory that died with its node fails the fetch; then no rank trains (they agree first,
+        as one rank cannot step alone), every rank returns the ids it could not fetch, and the driver queues
+        those groups again."""
+        import ray
+
+        groups, lost = [], []
+        for group_id, ref in own:
+            try:
+                groups.append(ray.get(ref))
+            except (ray.exceptions.ObjectLostError, ray.exceptions.RayActorError):  # died with its node or maker
+                lost.append(group_id)
+        if _ranks_lost_any(len(lost), self.device):
+            return TrainedStep(version=self.version, metrics={}, lost=tuple(lost))
+        return self.train_step(step_scores, *groups)
+
     @torch.no_grad()
     def _proximal_log_probs(self, groups: list[TrajectoryGroup]) -> list[Tensor]:
         """Log-probs of every transition at the weights before this step's first update. -> [G, K] per group"""
@@ -333,6 +350,17 @@ class GRPOLearner(Heartbeating):
             return
         with adapter_disabled(self.transformer):
             yield self.engine
+
+
+def _ranks_lost_any(lost_here: int, device: torch.device) -> bool:
+    """Did any learner rank lose a trajectory? (a sum over the ranks, on the collectives' device)"""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return lost_here > 0
+    total = torch.tensor([lost_here], device=device)
+    dist.all_reduce(total)
+    return total.item() > 0
 
 
 def _batch_optional(embeddings: list[PromptEmbedding | None]) -> PromptEmbedding | None:

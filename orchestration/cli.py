@@ -2,8 +2,9 @@
 
 flexgrpo train [RECIPE.yaml] [key=value ...]      run a training job (default recipe: configs/tiny.yaml)
 flexgrpo status RUN_DIR                          a job's registry entry, lease, worker heartbeats, rejected commands
-flexgrpo command RUN_DIR OP [--rewards FILE] [--timeout S] [--no-wait]
-                                                 send an operator command and wait for its outcome
+flexgrpo command RUN_DIR OP [--rewards FILE] [--pool P --workers N] [--timeout S] [--no-wait]
+                                                 send an operator command and wait for its outcome (scale: grow or
+                                                 shrink the rollout or reward pool of a running job)
 flexgrpo audit RUN_DIR                           groups trained, dropped, lost, trained twice (exit 1 on any of the
                                                  last two)
 flexgrpo eval RUN_DIR [--prompts F] [--out DIR] [--rewards FILE] [key=value ...]
@@ -146,8 +147,14 @@ def _command(args: argparse.Namespace) -> int:
         raise CliError(f"unknown command {args.op!r}: one of {list(COMMAND_OPS)}", 2)
     if args.rewards and args.op != "swap_reward":
         raise CliError("--rewards goes with swap_reward only", 2)
+    if (args.pool is not None or args.workers is not None) != (args.op == "scale"):
+        raise CliError("scale takes --pool rollout|reward and --workers N (and they go with scale only)", 2)
+    if args.op == "scale" and (args.pool is None or args.workers is None):
+        raise CliError("scale needs both --pool rollout|reward and --workers N", 2)
     _, control = _connect(args.run_dir)
     extra = {"rewards": _read_rewards(args.rewards)} if args.op == "swap_reward" else {}
+    if args.op == "scale":
+        extra = {"pool": args.pool, "workers": args.workers}
     try:
         if control.lease() is None:
             raise CliError(f"run {control.run!r} has no live job to carry the command out (see flexgrpo status)", 1)
@@ -311,6 +318,8 @@ def _parser() -> argparse.ArgumentParser:
     p_cmd.add_argument("run_dir")
     p_cmd.add_argument("op", help=f"one of {', '.join(COMMAND_OPS)}")
     p_cmd.add_argument("--rewards", help="swap_reward: YAML/JSON file with a list of reward specs")
+    p_cmd.add_argument("--pool", choices=("rollout", "reward"), help="scale: the pool to grow or shrink")
+    p_cmd.add_argument("--workers", type=int, help="scale: the pool's size from now on (>= 1)")
     p_cmd.add_argument(
         "--timeout", type=float, default=DEFAULT_COMMAND_TIMEOUT_S, help="seconds to wait for the outcome"
     )

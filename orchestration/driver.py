@@ -106,7 +106,8 @@ def train(cfg: Config) -> RunSummary:
         trainer.restore(latest_checkpoint(run_dir) if cfg.run.resume else None)
         stack.enter_context(stop_on_sigterm(trainer))
         status = trainer.run()
-        lora_dir = trainer.save_lora(run_dir / "lora") if cfg.policy.lora.enabled else None
+        keep_lora = cfg.policy.lora.enabled and trainer.learner_lost is None
+        lora_dir = trainer.save_lora(run_dir / "lora") if keep_lora else None
         logger.plot_rewards()
     rows = read_metrics(run_dir)
     reward_means = [row["reward_mean"] for row in rows]

@@ -51,6 +51,7 @@ class Operator:
     reward_workers: Callable[[], list]  # the reward actors now (they are replaced after a restart)
     checkpoint: Callable[[], object]  # writes a checkpoint at the current step boundary
     specs: RewardSpecs
+    scale: Callable[[str, object], str]  # (pool, workers) -> outcome in words; raises ValueError to refuse
     stop_requested: bool = False  # set by stop and SIGTERM: checkpoint, then end with status "stopped"
     checkpoint_requested: bool = False  # set by the checkpoint command; carried out at the next step boundary
     swaps: list[_Swap] = field(default_factory=list)  # reward swaps still loading
@@ -92,6 +93,14 @@ class Operator:
             return paused
         if command.op == "swap_reward":
             self._swap_reward(command)
+            return paused
+        if command.op == "scale":
+            try:
+                outcome = self.scale(command.args.get("pool"), command.args.get("workers"))
+            except ValueError as err:
+                self.control.record_outcome(command.id, "rejected", str(err))
+            else:
+                self.control.record_outcome(command.id, "done", outcome)
             return paused
         self.control.record_outcome(command.id, "rejected", f"unknown op {command.op!r}")
         return paused

@@ -8,6 +8,10 @@ later groups (a slow worker); such a group is dropped and counted. With max_stal
 admitted only after the previous step's weights are published: synchronous Flow-GRPO, exactly.
 
 A group's id, prompt and seed are a function of its index in the run's prompt stream, never of timing.
+
+Workers are addressed by their slot in the elastic pools (cluster/worker_pool.py): only live workers get groups.
+A group whose worker died, or whose objects died with a node, goes back to the queue (same index, same seed)
+and the pools are told which workers to check; the pools are polled for workers that came (back) up.
 """
 
 from __future__ import annotations
@@ -28,6 +32,9 @@ from orchestration.roles import Roles
 
 log = logging.getLogger("flexgrpo")
 SAMPLES_QUEUED_PER_WORKER = 2  # one group sampling, one waiting, so a worker never idles between groups
+# What a call whose worker died, or whose arguments died with a node, raises (ObjectLostError covers
+# ObjectReconstructionFailedError and OwnerDiedError; Ray raises them as RayTaskError subclasses too).
+LOST = (ray.exceptions.RayActorError, ray.exceptions.ObjectLostError)
 
 
 @dataclass
@@ -47,15 +54,14 @@ class GroupInFlight:
 class PoolMeter:
     """Per-pool figures between two reports: groups done, and the share of time the pool's workers had no work."""
 
-    workers: int
     done: int = 0
     idle_worker_seconds: float = 0.0
     since: float = field(default_factory=time.monotonic)
 
-    def take(self) -> tuple[float, float]:
-        """-> (groups/s, idle fraction) since the last take; starts a new window."""
+    def take(self, workers: int) -> tuple[float, float]:
+        """-> (groups/s, idle fraction of `workers` live workers) since the last take; starts a new window."""
         elapsed = max(1e-9, time.monotonic() - self.since)
-        out = (self.done / elapsed, min(1.0, self.idle_worker_seconds / (elapsed * self.workers)))
+        out = (self.done / elapsed, min(1.0, self.idle_worker_seconds / (elapsed * max(1, workers))))
         self.done, self.idle_worker_seconds, self.since = 0, 0.0, time.monotonic()
         return out
 
@@ -72,18 +78,22 @@ class GroupPipeline:
         steps_left: int,
         next_index: int = 0,
         requeued: list[int] = (),
-        on_workers_lost: Callable[[], None],
+        on_workers_lost: Callable[[dict[str, set[int]]], None],
+        on_tick: Callable[[], None],
     ) -> None:
-        """on_workers_lost: called after a sample or score failed because its actor died (the group is already
-        queued again); it waits for Ray to restart the actor and resends the weights."""
+        """on_workers_lost({pool: slots}): called after samples or scores failed because their actor or their
+        objects died (the groups are already queued again), with the workers that may be dead. on_tick: called
+        at every wait for progress (the pools take back workers that came up)."""
         self.roles, self.cfg, self.prompts, self.seed, self.control = roles, cfg, prompts, seed, control
-        self.on_workers_lost = on_workers_lost
+        self.on_workers_lost, self.on_tick = on_workers_lost, on_tick
         self.groups_wanted = steps_left * cfg.groups_per_step  # groups the learner will still train
         self.next_index = next_index  # first index never admitted
         self.requeued: deque[int] = deque(sorted(requeued))  # admitted before, lost to a crash: admitted first
         self.inflight: dict[str, GroupInFlight] = {}
         self.dropped: dict[str, int] = {}  # reason -> groups dropped since the last report
-        self.meters = {"rollout": PoolMeter(len(roles.rollout)), "reward": PoolMeter(len(roles.reward))}
+        self.meters = {"rollout": PoolMeter(), "reward": PoolMeter()}
+        self._given: dict[str, dict[int, int]] = {"rollout": {}, "reward": {}}  # slot -> when it last got a group
+        self._handed = 0
         self._last_tick = time.monotonic()
 
     # ---- admission --------------------------------------------------------------------------------------
@@ -94,49 +104,61 @@ class GroupPipeline:
         return min((self.cfg.max_staleness + 1) * self.cfg.groups_per_step, self.groups_wanted)
 
     def admit(self, learner_version: int) -> None:
-        """Start as many groups as the staleness bound and the rollout workers' queues allow."""
+        """Start as many groups as the staleness bound and the live workers' queues allow."""
         while len(self.inflight) < self.capacity:
-            worker = self._least_loaded("rollout")
-            if worker is None:
+            worker, reward_worker = self._least_loaded("rollout"), self._least_loaded("reward", limit=None)
+            if worker is None or reward_worker is None:  # none live in a pool (or the rollout queues are full)
                 return
-            index = self.requeued.popleft() if self.requeued else self._take_next_index()
-            self._start(index, worker, learner_version)
+            if self.requeued:  # in the ledger already: queued, or scored when its trajectory died with a node
+                self._start(self.requeued.popleft(), worker, reward_worker, learner_version)
+            else:
+                group = self._start(self._take_next_index(), worker, reward_worker, learner_version)
+                self.control.ledger_queue([group.group_id])
 
     def _take_next_index(self) -> int:
         self.next_index += 1
         return self.next_index - 1
 
-    def _start(self, index: int, worker: int, learner_version: int) -> None:
+    def _start(self, index: int, worker: int, reward_worker: int, learner_version: int) -> PromptGroup:
         group = prompt_group(self.prompts, index, group_size=self.cfg.group_size, seed=self.seed)
-        rollout = self.roles.rollout.actors[worker]
+        rollout = self.roles.rollout.actor(worker)
         trajectory, media = rollout.sample.options(num_returns=2).remote(group, learner_version)
-        reward_worker = self._least_loaded("reward", limit=None)
-        score = self.roles.reward.actors[reward_worker].score.remote(media)
+        score = self.roles.reward.actor(reward_worker).score.remote(media)
         self.inflight[group.group_id] = GroupInFlight(group, index, worker, reward_worker, trajectory, media, score)
-        self.control.ledger_queue([group.group_id])
+        return group
 
     def _least_loaded(self, pool: str, limit: int | None = SAMPLES_QUEUED_PER_WORKER) -> int | None:
+        """The live worker of `pool` with the fewest calls outstanding (None: none live, or all at `limit`)."""
         load = self._load(pool)
-        worker = min(range(len(load)), key=lambda w: (load[w], w))
-        return worker if limit is None or load[worker] < limit else None
+        if not load:
+            return None
+        given = self._given[pool]  # ties go to the worker given a group longest ago (a new one: first)
+        worker = min(load, key=lambda w: (load[w], given.get(w, -1), w))
+        if limit is not None and load[worker] >= limit:
+            return None
+        given[worker] = self._handed = self._handed + 1
+        return worker
 
-    def _load(self, pool: str) -> list[int]:
-        """Calls outstanding on each worker of `pool`."""
-        if pool == "rollout":
-            load = [0] * len(self.roles.rollout)
-            for g in self.inflight.values():
-                load[g.rollout_worker] += not g.sampled
-        else:
-            load = [0] * len(self.roles.reward)
-            for g in self.inflight.values():
-                load[g.reward_worker] += g.scored is None
+    def _load(self, pool: str) -> dict[int, int]:
+        """Calls outstanding on each live worker of `pool`, by slot."""
+        load = dict.fromkeys(self.roles.pool(pool).live, 0)
+        for g in self.inflight.values():
+            if pool == "rollout" and not g.sampled and g.rollout_worker in load:
+                load[g.rollout_worker] += 1
+            elif pool == "reward" and g.scored is None and g.reward_worker in load:
+                load[g.reward_worker] += 1
         return load
 
     # ---- progress ---------------------------------------------------------------------------------------
 
     def wait(self, until: list[ray.ObjectRef], learner_version: int) -> None:
-        """Keep the pools fed until every ref in `until` is ready (e.g. a learner step in progress)."""
-        while ray.wait(until, num_returns=len(until), timeout=0, fetch_local=False)[1]:
+        """Keep the pools fed until every ref in `until` is ready (e.g. a learner step in progress). A ref that
+        failed is raised at once: the other ranks of a learner whose rank died may wait on it forever."""
+        while True:
+            done, pending = ray.wait(until, num_returns=len(until), timeout=0, fetch_local=False)
+            ray.get(done)  # small results (a step's figures); raises the first failure
+            if not pending:
+                return
             self.admit(learner_version)
             self.progress(timeout_s=0.05, also=until)
 
@@ -158,10 +180,13 @@ class GroupPipeline:
         watched = {g.trajectory.hex(): g for g in self.inflight.values() if not g.sampled}
         watched |= {g.score.hex(): g for g in self.inflight.values() if g.sampled and g.scored is None}
         refs = [g.trajectory if not g.sampled else g.score for g in watched.values()]
+        if not refs and not also:  # nothing in flight (a pool has no live worker): wait for the pools
+            time.sleep(timeout_s)
         done, _ = ray.wait(refs + list(also), num_returns=1, timeout=timeout_s, fetch_local=False)
         if done:  # take everything ready now, so the groups of one dead worker cost one recovery
             done, _ = ray.wait(refs + list(also), num_returns=len(refs) + len(also), timeout=0, fetch_local=False)
         self._tick()
+        self.on_tick()
         lost = []
         for ref in done:
             group = watched.get(ref.hex())
@@ -173,8 +198,8 @@ class GroupPipeline:
                 continue
             try:
                 group.scored = ray.get(ref)  # small: rewards and the judges' parsed replies
-            except (ray.exceptions.RayActorError, ray.exceptions.ObjectLostError) as err:
-                log.warning("group %s lost with its worker (%s)", group.group.group_id, type(err).__name__)
+            except LOST as err:
+                log.warning("group %s lost with its worker or node (%s)", group.group.group_id, type(err).__name__)
                 lost.append(group)
                 continue
             self.meters["reward"].done += 1
@@ -183,17 +208,33 @@ class GroupPipeline:
             )
             self.control.ledger_scored(group.group.group_id, group.scored.reward_version)
         if lost:
-            for group in lost:
-                del self.inflight[group.group.group_id]
-                self.requeued = deque(sorted({*self.requeued, group.index}))
-            self.on_workers_lost()
+            self.give_back(lost)
+            self.on_workers_lost(
+                {"rollout": {g.rollout_worker for g in lost}, "reward": {g.reward_worker for g in lost}}
+            )
+
+    def give_back(self, groups: list[GroupInFlight]) -> None:
+        """These groups leave the pipeline untrained and are admitted again first (same index, same seed)."""
+        for group in groups:
+            del self.inflight[group.group.group_id]
+        self.requeued = deque(sorted({*self.requeued, *(g.index for g in groups)}))
+
+    def release(self, pool: str, slots: list[int]) -> None:
+        """Workers of `pool` are being removed: the groups they still owe go back to the queue."""
+        owed = [
+            g
+            for g in self.inflight.values()
+            if (pool == "rollout" and g.rollout_worker in slots and not g.sampled)
+            or (pool == "reward" and g.reward_worker in slots and g.scored is None)
+        ]
+        self.give_back(owed)
 
     def _tick(self) -> None:
         """Accumulate idle worker-time since the last event (a worker with no call outstanding is idle)."""
         now = time.monotonic()
         dt, self._last_tick = now - self._last_tick, now
         for pool, meter in self.meters.items():
-            meter.idle_worker_seconds += dt * sum(1 for n in self._load(pool) if n == 0)
+            meter.idle_worker_seconds += dt * sum(1 for n in self._load(pool).values() if n == 0)
 
     # ---- leaving the pipeline ---------------------------------------------------------------------------
 
@@ -219,7 +260,12 @@ class GroupPipeline:
         """Pool throughput, queue depths and idle fractions since the last report; groups dropped."""
         metrics: dict[str, float] = {}
         for pool, meter in self.meters.items():
-            metrics[f"{pool}/groups_per_s"], metrics[f"{pool}/idle_frac"] = meter.take()
+            workers = self.roles.pool(pool)
+            metrics[f"{pool}/groups_per_s"], metrics[f"{pool}/idle_frac"] = meter.take(len(workers))
+            metrics[f"{pool}/workers_live"], metrics[f"{pool}/workers_wanted"] = (
+                float(len(workers)),
+                float(workers.wanted),
+            )
         groups = self.inflight.values()
         metrics["rollout/queue_depth"] = float(sum(not g.sampled for g in groups))
         metrics["reward/queue_depth"] = float(sum(g.sampled and g.scored is None for g in groups))

@@ -1,9 +1,15 @@
-"""Recovery of dead actors, within a restart budget per time window (not per job).
+"""Recovery of dead actors and lost nodes, within a restart budget per time window (not per job).
 
-A dead rollout or reward actor is restarted by Ray; its groups are admitted again (same ids and seeds), the
-weight-sync group is rebuilt and the current weights resent. A dead learner rank takes every rank down with it
-(DeepSpeed's collectives): the learner pool is replaced, every rank reloads the latest checkpoint, and the ledger
-is rolled back to it, so the steps since are trained again from the same groups and none twice.
+A dead rollout or reward worker (its process, or its whole node) leaves its pool until Ray has restarted it
+where its bundle is re-placed; meanwhile its groups are admitted again (same ids and seeds) on the live workers,
+and the weight-sync group is rebuilt without it. When it comes back up it gets the reward spec, its heartbeat,
+the weight-sync group and the current weights before its first group. With no room for it in the cluster, the
+pool stays smaller until a node joins (degraded, not stuck).
+
+A dead learner rank takes every rank down with it (DeepSpeed's collectives): the learner pool is replaced (once
+the cluster has room, within cluster.learner_wait_s; else the job stops), every rank reloads the latest
+checkpoint, and the ledger is rolled back to it, so the steps since are trained again from the same groups and
+none twice.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from typing import Protocol
 
 import ray
 
+from cluster.ray_cluster import PoolUnplaced
 from flexgrpo.config import Config
 from flexgrpo.control_plane import ControlPlane
 from orchestration.checkpoints import latest_checkpoint
@@ -30,6 +37,10 @@ READY_TIMEOUT_S = 900
 
 class RestartBudgetExceeded(RuntimeError):
     """More actor restarts within the window than cluster.max_restarts allows."""
+
+
+class LearnerUnavailable(RuntimeError):
+    """A learner pool could not be rebuilt: the cluster had no room for its ranks within cluster.learner_wait_s."""
 
 
 class RecoveredRun(Protocol):
@@ -88,29 +99,71 @@ class Recovery:
         a rollout worker died (maybe while idle, with no group in flight to notice it)."""
         if self._learner_died():
             raise err
-        self.replace_workers()
+        self.workers_lost({"rollout": set(self.roles.rollout.live)})
 
-    def replace_workers(self) -> None:
-        """After Ray restarted a dead rollout or reward actor: wait for the pools, restore the reward spec, rebuild
-        the weight-sync group (it lost a member) and resend the current weights."""
-        self.spend("rollout/reward actor died")
-        roles, run = self.roles, self.run
-        log.warning("a rollout or reward actor died: its groups go back to the queue")
-        wait_until_ready(roles.rollout.actors + roles.reward.actors, timeout_s=READY_TIMEOUT_S)
-        run.operator.restore_workers(roles.reward.actors)
-        self._reconnect()
-        run.weights.publish()
+    def workers_lost(self, suspects: dict[str, set[int]]) -> None:
+        """A call on these workers failed (their groups are already queued again): the ones that are dead are
+        taken out of their pool until Ray has restarted them (`poll_pools` takes them back). The job goes on
+        with the live ones: the weight-sync group is rebuilt without the lost rollout workers."""
+        self.spend("rollout/reward worker lost")
+        lost = {
+            name: [s for s in sorted(slots) if not self.roles.pool(name).check(s)] for name, slots in suspects.items()
+        }
+        for name, slots in lost.items():
+            pool = self.roles.pool(name)
+            for slot in slots:
+                log.warning(
+                    "%s lost: its groups go back to the queue (%d/%d live)", pool.name_of(slot), len(pool), pool.wanted
+                )
+        self.control.update_run(waiting=self.roles.waiting())
+        if lost.get("rollout"):
+            self.rollout_changed()
+
+    def poll_pools(self) -> None:
+        """Workers that came up (restarted where their bundle was re-placed, or added by a scale command) get
+        the run's reward spec, their heartbeat, the weight-sync group and the current weights, then work."""
+        joined = {name: self.roles.pool(name).poll() for name in ("rollout", "reward")}
+        if not any(joined.values()):
+            return
+        for name, slots in joined.items():
+            pool = self.roles.pool(name)
+            for slot in slots:
+                log.info("%s is up (%d/%d live)", pool.name_of(slot), len(pool), pool.wanted)
+        members = [
+            (p.actor(s), p.name_of(s)) for p, slots in ((self.roles.pool(n), joined[n]) for n in joined) for s in slots
+        ]
+        if joined["reward"] and self.run.operator.specs.latest:  # built with the first spec; a swap came since
+            self.run.operator.restore_workers([self.roles.reward.actor(s) for s in joined["reward"]])
+        start_heartbeats(members, self.control)
+        self.control.update_run(waiting=self.roles.waiting())
+        if joined["rollout"]:
+            self.rollout_changed()
 
     def replace_learner(self) -> None:
+        """A learner rank died (its node may be gone): a new learner pool, once the cluster has room for it
+        (`cluster.learner_wait_s`), reloads the latest checkpoint."""
         self.spend("learner rank died")
         self.roles.learner.shutdown()
-        self.roles.learner = spawn_learner(self.cfg)
+        wait = self.cfg.cluster.learner_wait_s
+        self.control.update_run(waiting=f"learner pool: room for its ranks (up to {wait:g} s)")
+        try:
+            self.roles.learner = spawn_learner(self.cfg)
+        except PoolUnplaced as err:
+            raise LearnerUnavailable(str(err)) from None
         wait_until_ready(self.roles.learner.actors, timeout_s=READY_TIMEOUT_S)
-        self._reconnect()
+        self.control.update_run(waiting="")
+        self._reconnect(heartbeats=self.roles.learner.actors)
         self.run.restore(latest_checkpoint(self.run_dir))
 
-    def _reconnect(self) -> None:
-        """After a role was replaced: a new weight-sync group (the old receives no longer matter), heartbeats."""
+    def rollout_changed(self) -> None:
+        """The live rollout workers changed: a new weight-sync group, and the current weights sent to all."""
+        self._reconnect()
+        self.run.weights.publish()
+
+    def _reconnect(self, heartbeats: list | None = None) -> None:
+        """After the rollout pool or the learner changed: a new weight-sync group of the learner and the live
+        rollout workers (the old receives no longer matter); `heartbeats`: new learner ranks that must beat."""
         self.run.weights.forget()
         connect_weight_sync(self.roles)
-        start_heartbeats(self.roles, self.control)
+        if heartbeats:
+            start_heartbeats(list(zip(heartbeats, self.roles.learner.actor_names, strict=True)), self.control)

@@ -14,6 +14,7 @@ from flexgrpo.control_plane import ControlPlane
 
 if TYPE_CHECKING:
     from cluster.ray_cluster import RoleGroup
+    from cluster.worker_pool import WorkerPool
 
 
 log = logging.getLogger("flexgrpo")
@@ -25,13 +26,25 @@ REWARD_CALLS_AT_ONCE = 8
 
 @dataclass
 class Roles:
-    rollout: RoleGroup  # actors.rollout_worker.RolloutWorker, one per rollout GPU
-    reward: RoleGroup  # reward_workers.reward_worker.RewardWorker
-    learner: RoleGroup  # learner.learner.GRPOLearner, one per DeepSpeed rank
+    rollout: WorkerPool  # actors.rollout_worker.RolloutWorker, one per rollout GPU; grows and shrinks
+    reward: WorkerPool  # reward_workers.reward_worker.RewardWorker; grows and shrinks
+    learner: RoleGroup  # learner.learner.GRPOLearner, one per DeepSpeed rank; a fixed world
 
     @property
-    def groups(self) -> tuple[RoleGroup, ...]:
+    def groups(self) -> tuple[WorkerPool | RoleGroup, ...]:
         return (self.rollout, self.reward, self.learner)
+
+    def pool(self, name: str) -> WorkerPool:
+        """The elastic pool called `name` (rollout or reward)."""
+        return {"rollout": self.rollout, "reward": self.reward}[name]
+
+    def waiting(self) -> str:
+        """What the elastic pools' starting workers wait for, in words ("" when all are live)."""
+        return "; ".join(self.rollout.waiting() + self.reward.waiting())
+
+    def members(self) -> list[tuple[object, str]]:
+        """(actor, name) of every live role actor."""
+        return [m for group in self.groups for m in zip(group.actors, group.actor_names, strict=True)]
 
     def shutdown(self) -> None:
         for group in self.groups:
@@ -60,44 +73,42 @@ def preflight(cfg: Config) -> None:
 def build_roles(cfg: Config, control: ControlPlane | None = None) -> Roles:
     """The composition root: one pool (placement group) per role, actors on it, the weight-sync group."""
     from actors.rollout_worker import WEIGHTS_THREAD, RolloutWorker
-    from cluster.ray_cluster import RoleGroup
+    from cluster.worker_pool import WorkerPool
     from reward_workers.reward_worker import RewardWorker
 
     c, holds = cfg.cluster, cfg.holds
-    held = range(c.rollout.num_workers) if holds.rollout_workers is None else holds.rollout_workers
-    rollout = RoleGroup(c.rollout, name="rollout").spawn(
-        RolloutWorker,
+    held = holds.rollout_workers  # (None: every worker, those added later too)
+    rollout = WorkerPool(
+        c.rollout,
+        name="rollout",
+        cls=RolloutWorker,
         args=(cfg.policy, cfg.sampler),
-        kwargs_per_rank=[
-            {"run_seed": cfg.run.seed, "hold_s": holds.rollout_s if rank in held else 0.0}
-            for rank in range(c.rollout.num_workers)
-        ],
-        max_restarts=-1,  # the driver keeps the restart budget (per time window)
+        kwargs_for=lambda slot: {
+            "run_seed": cfg.run.seed,
+            "hold_s": holds.rollout_s if held is None or slot in held else 0.0,
+        },
         concurrency_groups={WEIGHTS_THREAD: 1},  # weights arrive while a group is being sampled
     )
-    reward = RoleGroup(c.reward, name="reward").spawn(
-        RewardWorker,
+    reward = WorkerPool(
+        c.reward,
+        name="reward",
+        cls=RewardWorker,
         args=(cfg.rewards,),
-        kwargs_per_rank=[{"eval_specs": cfg.eval.rewards, "hold_s": holds.reward_s}] * c.reward.num_workers,
-        max_restarts=-1,
+        kwargs_for=lambda slot: {"eval_specs": cfg.eval.rewards, "hold_s": holds.reward_s},
         max_concurrency=REWARD_CALLS_AT_ONCE,
     )
     roles = Roles(rollout, reward, spawn_learner(cfg))
+    for pool in (rollout, reward):
+        pool.wait_live(c.start_timeout_s)
     connect_weight_sync(roles)
     if control is not None:
-        start_heartbeats(roles, control)
+        start_heartbeats(roles.members(), control)
     return roles
 
 
-def start_heartbeats(roles: Roles, control: ControlPlane) -> None:
-    """Every actor beats on its own from now on (call again after an actor restarted)."""
-    ray.get(
-        [
-            actor.start_heartbeat.remote(control.url, control.run, name)
-            for group in roles.groups
-            for actor, name in zip(group.actors, group.actor_names, strict=True)
-        ]
-    )
+def start_heartbeats(members: list[tuple[object, str]], control: ControlPlane) -> None:
+    """Each (actor, name) beats on its own from now on (call again for an actor that restarted or joined)."""
+    ray.get([actor.start_heartbeat.remote(control.url, control.run, name) for actor, name in members])
 
 
 def spawn_learner(cfg: Config) -> RoleGroup:
@@ -106,7 +117,7 @@ def spawn_learner(cfg: Config) -> RoleGroup:
     from learner.learner import GRPOLearner
 
     pool = cfg.cluster.learner
-    learner = RoleGroup(pool, name="learner")
+    learner = RoleGroup(pool, name="learner", wait_s=cfg.cluster.learner_wait_s)
     master_addr, master_port = learner.rendezvous_address()  # DeepSpeed's rendezvous, on rank 0's node
     log.info("learner rendezvous for the ranks: %s:%d", master_addr, master_port)
     return learner.spawn(

@@ -33,10 +33,11 @@ from orchestration.checkpoints import (
 )
 from orchestration.evaluation import Evaluation
 from orchestration.operator import Operator, RewardSpecs
-from orchestration.pipeline import GroupInFlight, GroupPipeline
-from orchestration.recovery import Recovery
+from orchestration.pipeline import LOST, GroupInFlight, GroupPipeline
+from orchestration.recovery import LearnerUnavailable, Recovery
 from orchestration.reporting import MetricsLogger
 from orchestration.roles import Roles
+from orchestration.scaling import scale_pool
 from orchestration.weights import WeightBroadcast
 
 log = logging.getLogger("flexgrpo")
@@ -53,13 +54,19 @@ class Trainer:
         self.weights = WeightBroadcast(roles, on_failure=self.recovery.broadcast_failed)
         self.pipeline = self._new_pipeline(next_index=0, requeued=[])  # replaced by `restore`
         self.operator = Operator(
-            cfg, control, lambda: self.roles.reward.actors, self.checkpoint, RewardSpecs({0: list(cfg.rewards)})
+            cfg,
+            control,
+            lambda: self.roles.reward.actors,
+            self.checkpoint,
+            RewardSpecs({0: list(cfg.rewards)}),
+            scale=lambda pool, workers: scale_pool(self.roles, self.pipeline, self.recovery, pool, workers),
         )
         self.timings: dict[str, float] = {}
         self.learner_busy_s, self._report_start = 0.0, time.monotonic()
         self.checkpointed_step = -1  # next step of the newest checkpoint written by this trainer
         self._status_written = -float("inf")  # when status.json was last written
         self.baseline: dict[str, float] = {}  # the evaluation before training, logged with the first step
+        self.learner_lost: str | None = None  # why the job stopped without a learner (then nothing more is saved)
 
     def _new_pipeline(self, *, next_index: int, requeued: list[int]) -> GroupPipeline:
         return GroupPipeline(
@@ -71,7 +78,8 @@ class Trainer:
             steps_left=self.cfg.run.num_steps - self.step,
             next_index=next_index,
             requeued=requeued,
-            on_workers_lost=self.recovery.replace_workers,
+            on_workers_lost=self.recovery.workers_lost,
+            on_tick=self.recovery.poll_pools,
         )
 
     @contextmanager
@@ -96,7 +104,14 @@ class Trainer:
             if self.operator.stop_requested:
                 log.info("stop requested: ending before step %d", self.step)
                 break
-            self.recovery.run_step(self.train_one_step)
+            try:
+                self.recovery.run_step(self.train_one_step)
+            except LearnerUnavailable as err:  # the learner's node is gone and nothing can take its place
+                log.error("stopping before step %d: %s; resume the run when the cluster has room", self.step, err)
+                self.learner_lost = str(err)
+                self.control.update_run(stop_reason=self.learner_lost)
+                bar.close()
+                return "stopped"
             bar.update(self.step - bar.n)  # (a learner restart goes back to its checkpoint's step)
             every = cfg.run.checkpoint_every
             if self.operator.checkpoint_requested or (
@@ -113,11 +128,18 @@ class Trainer:
 
     def train_one_step(self) -> None:
         step_start, self.timings = time.perf_counter(), {}
-        with self.timed("groups"):
-            batch = self.pipeline.take(self.cfg.grpo.groups_per_step, self.version)
+        while True:
+            with self.timed("groups"):
+                batch = self.pipeline.take(self.cfg.grpo.groups_per_step, self.version)
+            with self.timed("train"):
+                trained = self.train(batch)
+            if not trained.lost:
+                break
+            lost = [g for g in batch if g.group.group_id in trained.lost]  # died with a node: sampled again
+            log.warning("%d groups of the step died with their node before training: queued again", len(lost))
+            self.pipeline.give_back(lost)
+            self.recovery.workers_lost({"rollout": {g.rollout_worker for g in lost}})
         scores = [g.scored for g in batch]
-        with self.timed("train"):
-            trained = self.train(batch)
         with self.timed("commit"):
             self.pipeline.trained(batch, self.step)
         self.version = trained.version
@@ -134,18 +156,23 @@ class Trainer:
 
     def train(self, batch: list[GroupInFlight]) -> TrainedStep:
         """Every learner rank trains on its contiguous share of the batch; the trajectories go from the object
-        store straight to the ranks. -> the step's version and metrics (averaged over ranks; maxima stay maxima)"""
+        store straight to the ranks. -> the step's version and metrics (averaged over ranks; maxima stay maxima),
+        or the groups whose trajectories were lost (then nothing was trained)"""
         learners = self.roles.learner.actors
         scores = [replace(g.scored, details=[]) for g in batch]  # the judges' texts stay here
         size = math.ceil(len(batch) / len(learners))
         refs = [
-            actor.train_step.remote(scores, *[g.trajectory for g in batch[r * size : (r + 1) * size]])
+            actor.train_step_from_store.remote(
+                scores, [(g.group.group_id, g.trajectory) for g in batch[r * size : (r + 1) * size]]
+            )
             for r, actor in enumerate(learners)
         ]
         start = time.monotonic()
         self.pipeline.wait(refs, self.version)
         results: list[TrainedStep] = ray.get(refs)
         self.learner_busy_s += time.monotonic() - start
+        if lost := tuple(group_id for r in results for group_id in r.lost):
+            return TrainedStep(version=self.version, metrics={}, lost=lost)
         versions = {r.version for r in results}
         if len(versions) != 1:
             raise RuntimeError(f"learner ranks disagree on the policy version after a step: {sorted(versions)}")
@@ -193,7 +220,11 @@ class Trainer:
             self._status_written = time.monotonic()
         pools = {k: round(v, 3) for k, v in metrics.items() if k.split("/")[-1] in POOL_FIGURES}
         self.control.update_run(
-            step=step + 1, policy_version=self.version, reward_version=int(metrics["reward/version"]), pools=pools
+            step=step + 1,
+            policy_version=self.version,
+            reward_version=int(metrics["reward/version"]),
+            pools=pools,
+            waiting=self.roles.waiting(),
         )
         if self.wants_samples(step):
             media = ray.get([g.media for g in batch])
@@ -238,10 +269,19 @@ class Trainer:
         `<prefix>/` metrics and a grid of the samples (`samples/<prefix>_<step>.png`)."""
         with self.timed("eval"):
             ema = samples is None and self.cfg.learner.ema_decay > 0 and self.weights.publish(ema=True) is not None
-            if samples is None:
-                samples = self.evaluation.sample(self.roles.rollout.actors, self.version, ema)
-            training = [spec.name for spec in self.operator.specs.versions[self.operator.specs.latest]]
-            figures = self.evaluation.score(self.roles.reward.actors, samples, training)
+            try:
+                if samples is None:
+                    samples = self.evaluation.sample(self.roles.rollout.actors, self.version, ema)
+                training = [spec.name for spec in self.operator.specs.versions[self.operator.specs.latest]]
+                figures = self.evaluation.score(self.roles.reward.actors, samples, training)
+            except LOST as err:  # a worker or its node died: this evaluation is skipped, the next one runs
+                log.warning(
+                    "%s at version %d skipped: a worker was lost (%s)", prefix, self.version, type(err).__name__
+                )
+                self.recovery.workers_lost(
+                    {"rollout": set(self.roles.rollout.live), "reward": set(self.roles.reward.live)}
+                )
+                return {}
         metrics = {f"{prefix}/{k}": v for k, v in figures.items()} | {f"{prefix}/ema": float(ema)}
         self.logger.log_samples(self.step, [m.media for m in samples], self.evaluation.prompts, name=prefix)
         shown = {k.removeprefix(f"{prefix}/"): round(v, 4) for k, v in metrics.items() if k.endswith("_vs_start")}
@@ -310,7 +350,7 @@ class Trainer:
         return ray.get(self.roles.learner.actors[0].save_lora.remote(str(folder)))
 
 
-POOL_FIGURES = ("groups_per_s", "idle_frac", "queue_depth")
+POOL_FIGURES = ("groups_per_s", "idle_frac", "queue_depth", "workers_live", "workers_wanted")
 STATUS_FILE_EVERY_S = 5.0  # status.json (what `flexgrpo status` shows once Redis is gone) at most this often
 
 

@@ -34,8 +34,9 @@ class Job:
         ]
         self.process: subprocess.Popen | None = None
 
-    def start(self) -> Job:
-        env = os.environ | {"RAY_AUTH_MODE": "disabled"}
+    def start(self, env: dict[str, str] | None = None) -> Job:
+        """env: the job's environment (default: this process's)."""
+        env = (env or os.environ) | {"RAY_AUTH_MODE": "disabled"}
         with open(self.log, "ab") as log:
             self.process = subprocess.Popen(self.args, stdout=log, stderr=subprocess.STDOUT, env=env)
         return self

@@ -32,6 +32,9 @@ def test_rayjob_entrypoint_loads(monkeypatch):
         p.num_workers * p.gpus_per_worker for p in (cfg.cluster.rollout, cfg.cluster.reward, cfg.cluster.learner)
     )
     assert wanted <= gpus * workers["replicas"]
+    # the pools can grow (a scale command, a lost node's workers re-placed): the autoscaler may add workers
+    assert job["spec"]["rayClusterSpec"]["enableInTreeAutoscaling"] is True
+    assert workers["maxReplicas"] > workers["replicas"]
 
 
 def test_ray_cluster_yaml_and_slurm_script_are_wellformed():

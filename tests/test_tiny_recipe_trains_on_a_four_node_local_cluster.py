@@ -6,18 +6,13 @@ helper subprocess too, so this pytest process never touches Ray (the session's `
 from __future__ import annotations
 
 import json
-import os
-import queue
-import shutil
 import subprocess
-import sys
-import tempfile
-import threading
 import time
 from pathlib import Path
 
 import pytest
 
+from tests.local_cluster import LocalCluster
 from tests.process_job import kill_tree
 
 pytestmark = pytest.mark.slow
@@ -26,101 +21,38 @@ REPO = Path(__file__).resolve().parents[1]
 STEPS = 60  # the default recipe's 4 groups of 8 per step: long enough for the reward's trend to beat its noise
 JOB_TIMEOUT_S = 600
 
-# The cluster: started in its own process, answers "actors" on stdin with {name: [state, node id]} per actor,
-# shuts down on end of input. One GPU per worker node: every bundle of a pool ({CPU, GPU: 1}) needs a node of its
-# own, so the PACK placement groups of the pools spread over the nodes. The head has no GPU: nothing lands there.
-CLUSTER_SCRIPT = """
-import json, sys
-from ray.cluster_utils import Cluster
-
-# the GCS picks a free port of its own (gcs_server_port 0): no clash with other clusters on this machine
-cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "num_gpus": 0, "include_dashboard": False})
-nodes = {"head": cluster.head_node.node_id}
-for i in range(4):
-    nodes[f"worker-{i}"] = cluster.add_node(num_cpus=1, num_gpus=1).node_id
-print("@@", json.dumps({"address": cluster.address, "nodes": nodes}), flush=True)
-for line in sys.stdin:
-    table = cluster.global_state.actor_table(None)
-    print("@@", json.dumps({a["Name"]: [a["State"], a["Address"]["NodeID"]] for a in table.values() if a["Name"]}),
-          flush=True)
-cluster.shutdown()
-"""
-
-
-def reader(proc: subprocess.Popen) -> queue.Queue:
-    """The answers of the cluster script, line by line, as they come (Ray may write lines of its own)."""
-    lines: queue.Queue = queue.Queue()
-
-    def pump():
-        for line in proc.stdout:
-            if line.startswith("@@ "):
-                lines.put(json.loads(line[3:]))
-        lines.put(None)
-
-    threading.Thread(target=pump, daemon=True).start()
-    return lines
-
-
-def reply(answers: queue.Queue, timeout_s: float = 120) -> dict:
-    answer = answers.get(timeout=timeout_s)  # queue.Empty: the cluster script hangs
-    if answer is None:
-        raise RuntimeError("the cluster script ended (its stderr is in the captured output)")
-    return answer
-
 
 def test_tiny_recipe_trains_with_every_pool_on_its_own_node(tmp_path):
-    ray_tmp = tempfile.mkdtemp(prefix="fg-ray-", dir="/tmp")  # short: Ray's socket paths must fit 107 characters
-    env = os.environ | {"RAY_TMPDIR": ray_tmp, "RAY_AUTH_MODE": "disabled", "PYTHONPATH": str(REPO)}
-    cluster = subprocess.Popen(
-        [sys.executable, "-c", CLUSTER_SCRIPT],
-        cwd=REPO,
-        env=env,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
-    answers = reader(cluster)
     job = None
     placed: dict[str, str] = {}  # actor name -> node id, seen alive while the job runs
-    try:
-        started = reply(answers)
-        nodes, address = started["nodes"], started["address"]
-        with open(tmp_path / "job.log", "wb") as log:
-            job = subprocess.Popen(
-                [
-                    str(REPO / ".venv" / "bin" / "flexgrpo"),
-                    "train",
-                    "configs/tiny.yaml",
-                    f"run.output_dir={tmp_path}",
-                    "run.name=multi",
-                    f"run.num_steps={STEPS}",
-                    f"cluster.address={address}",
-                    "cluster.learner.num_workers=2",
-                ],
-                cwd=REPO,
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        deadline = time.monotonic() + JOB_TIMEOUT_S
-        while job.poll() is None and time.monotonic() < deadline:
-            cluster.stdin.write("actors\n")
-            cluster.stdin.flush()
-            placed |= {name: node for name, (state, node) in reply(answers).items() if state == "ALIVE"}
-            time.sleep(1.0)
-        timed_out = job.poll() is None
-    finally:
-        if job is not None:
-            kill_tree(job)  # nothing left when it exited by itself
-        cluster.stdin.close()  # the script shuts the cluster down, then we end whatever is left
+    with LocalCluster(worker_nodes=4) as cluster:
         try:
-            cluster.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            pass
-        kill_tree(cluster)
-        shutil.rmtree(ray_tmp, ignore_errors=True)
+            with open(tmp_path / "job.log", "wb") as log:
+                job = subprocess.Popen(
+                    [
+                        str(REPO / ".venv" / "bin" / "flexgrpo"),
+                        "train",
+                        "configs/tiny.yaml",
+                        f"run.output_dir={tmp_path}",
+                        "run.name=multi",
+                        f"run.num_steps={STEPS}",
+                        f"cluster.address={cluster.address}",
+                        "cluster.learner.num_workers=2",
+                    ],
+                    cwd=REPO,
+                    env=cluster.env,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+            deadline = time.monotonic() + JOB_TIMEOUT_S
+            while job.poll() is None and time.monotonic() < deadline:
+                placed |= {name: node for name, (state, node) in cluster.actors().items() if state == "ALIVE"}
+                time.sleep(1.0)
+            timed_out = job.poll() is None
+        finally:
+            if job is not None:
+                kill_tree(job)  # nothing left when it exited by itself
 
     log_tail = (tmp_path / "job.log").read_text(errors="replace")[-6000:]
     assert not timed_out, f"the job ran past {JOB_TIMEOUT_S} s:\n{log_tail}"
@@ -131,7 +63,7 @@ def test_tiny_recipe_trains_with_every_pool_on_its_own_node(tmp_path):
     roles = ["rollout-0", "reward-0", "learner-0", "learner-1"]
     assert set(roles) <= placed.keys(), placed
     assert len({placed[r] for r in roles}) == 4, placed  # four roles, four nodes
-    assert {placed[r] for r in roles} <= {nodes[f"worker-{i}"] for i in range(4)}  # none on the GPU-less head
+    assert {placed[r] for r in roles} <= set(cluster.workers)  # none on the GPU-less head
 
     # the reward pool scored every group on its node, and the weights the rollout node sampled with were the
     # learner's to the bit: the learner's re-scored log-probs match the sampler's (ratio 1) at every step

@@ -16,7 +16,7 @@ from flexgrpo.control_plane.connection import Connection
 
 log = logging.getLogger("flexgrpo.control_plane")
 
-COMMAND_OPS = ("checkpoint", "pause", "resume", "stop", "swap_reward")
+COMMAND_OPS = ("checkpoint", "pause", "resume", "stop", "swap_reward", "scale")
 COMMAND_OUTCOMES = ("done", "rejected", "failed")
 REJECTED_KEPT = 20
 
@@ -29,7 +29,7 @@ class CommandError(ValueError):
 class Command:
     id: str  # uuid4 hex, the key of its outcome
     op: str  # one of COMMAND_OPS
-    args: dict[str, Any]  # swap_reward: {"rewards": [RewardSpec as dict, ...]}
+    args: dict[str, Any]  # swap_reward: {"rewards": [RewardSpec as dict, ...]}; scale: {"pool": str, "workers": int}
 
 
 class Commands:

@@ -30,7 +30,7 @@ class LedgerError(ValueError):
 # ARGV: target state, JSON of the target's fields, now, group ids...
 _TRANSITION = """
 local target, fields, now = ARGV[1], cjson.decode(ARGV[2]), tonumber(ARGV[3])
-local allowed = {sampled = {queued = true, sampled = true}, scored = {sampled = true, scored = true},
+local allowed = {sampled = {queued = true, sampled = true, scored = true}, scored = {sampled = true, scored = true},
                  dropped = {queued = true, sampled = true, scored = true}}
 local todo = {}
 for i = 4, #ARGV do
@@ -157,7 +157,8 @@ class Ledger:
         self._transition("queued", group_ids, {})
 
     def sampled(self, group_id: str, worker: str, policy_version: int) -> None:
-        """queued (or sampled, re-sampled after a worker death) -> sampled by `worker` at `policy_version`."""
+        """queued (or sampled, re-sampled after a worker death; or scored, re-sampled after its trajectory died
+        with a node before training) -> sampled by `worker` at `policy_version`."""
         self._transition("sampled", [group_id], {"worker": worker, "policy_version": policy_version})
 
     def scored(self, group_id: str, reward_version: int) -> None:
