@@ -49,6 +49,8 @@ class PoolConfig:
     num_workers: int = 1  # Ray actors in this pool (learner: DeepSpeed ranks)
     gpus_per_worker: float = 1.0  # GPUs per actor (logical GPUs on a CPU machine); fractions allowed
     cpus_per_worker: float = 0.0  # CPUs reserved per actor (0 lets roles share a small machine)
+    min_workers: int | None = None  # cluster.autoscale: the fewest workers it shrinks to (null: num_workers)
+    max_workers: int | None = None  # cluster.autoscale: the most workers it grows to (null: num_workers)
 
 
 @dataclass
@@ -65,6 +67,8 @@ class ClusterConfig:
     rollout: PoolConfig = field(default_factory=PoolConfig)  # the policy's sampling pool
     reward: PoolConfig = field(default_factory=PoolConfig)  # the reward models' pool
     learner: PoolConfig = field(default_factory=PoolConfig)  # the DeepSpeed learner's ranks
+    autoscale: bool = False  # grow the rollout or reward pool that holds the learner up, shrink one that idles,
+    # within each pool's min_workers..max_workers (orchestration/autoscaling.py); off: pools change by command only
 
 
 @dataclass
@@ -460,6 +464,17 @@ def _validate_cluster(cfg: Config) -> None:
         _positive(f"cluster.{pool}.num_workers", p.num_workers)
         _positive(f"cluster.{pool}.gpus_per_worker", p.gpus_per_worker, allow_zero=True)
         _positive(f"cluster.{pool}.cpus_per_worker", p.cpus_per_worker, allow_zero=True)
+        low = p.num_workers if p.min_workers is None else p.min_workers
+        high = p.num_workers if p.max_workers is None else p.max_workers
+        if not 1 <= low <= p.num_workers <= high:
+            raise ConfigError(
+                f"cluster.{pool}: min_workers <= num_workers <= max_workers with min_workers >= 1 must hold, "
+                f"got {low} <= {p.num_workers} <= {high}"
+            )
+        if pool == "learner" and (low, high) != (p.num_workers, p.num_workers):
+            raise ConfigError(
+                "cluster.learner: min_workers and max_workers must be null (the learner's world is fixed)"
+            )
     if c.address is not None and c.address.startswith("ray://") and not c.redis_url:
         raise ConfigError(
             f"cluster.address {c.address!r} is a Ray Client address: the workers cannot reach a Redis embedded on "

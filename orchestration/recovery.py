@@ -121,7 +121,8 @@ class Recovery:
 
     def poll_pools(self) -> None:
         """Workers that came up (restarted where their bundle was re-placed, or added by a scale command) get
-        the run's reward spec, their heartbeat, the weight-sync group and the current weights, then work."""
+        the run's reward spec, the weight-sync group and the current weights, then their heartbeat (the sign,
+        for `flexgrpo status`, that they work)."""
         joined = {name: self.roles.pool(name).poll() for name in ("rollout", "reward")}
         if not any(joined.values()):
             return
@@ -134,10 +135,10 @@ class Recovery:
         ]
         if joined["reward"] and self.run.operator.specs.latest:  # built with the first spec; a swap came since
             self.run.operator.restore_workers([self.roles.reward.actor(s) for s in joined["reward"]])
-        start_heartbeats(members, self.control)
-        self.control.update_run(waiting=self.roles.waiting())
         if joined["rollout"]:
             self.rollout_changed()
+        start_heartbeats(members, self.control)
+        self.control.update_run(waiting=self.roles.waiting())
 
     def replace_learner(self) -> None:
         """A learner rank died (its node may be gone): a new learner pool, once the cluster has room for it

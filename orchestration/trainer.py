@@ -18,13 +18,13 @@ from dataclasses import replace
 from pathlib import Path
 
 import ray
-import torch
 from tqdm import tqdm
 
 from flexgrpo.config import Config
 from flexgrpo.control_plane import ControlPlane, write_status_file
 from flexgrpo.prompts import load_prompts
 from flexgrpo.records import MediaGroup, ScoredGroup, TrainedStep
+from orchestration.autoscaling import Autoscaler
 from orchestration.checkpoints import (
     RunState,
     checkpoint_step,
@@ -38,6 +38,7 @@ from orchestration.recovery import LearnerUnavailable, Recovery
 from orchestration.reporting import MetricsLogger
 from orchestration.roles import Roles
 from orchestration.scaling import scale_pool
+from orchestration.step_figures import reward_figures, step_line
 from orchestration.weights import WeightBroadcast
 
 log = logging.getLogger("flexgrpo")
@@ -59,8 +60,9 @@ class Trainer:
             lambda: self.roles.reward.actors,
             self.checkpoint,
             RewardSpecs({0: list(cfg.rewards)}),
-            scale=lambda pool, workers: scale_pool(self.roles, self.pipeline, self.recovery, pool, workers),
+            scale=self.scale,
         )
+        self.autoscaler = Autoscaler.from_config(cfg.cluster)  # None: pools change by command only
         self.timings: dict[str, float] = {}
         self.learner_busy_s, self._report_start = 0.0, time.monotonic()
         self.checkpointed_step = -1  # next step of the newest checkpoint written by this trainer
@@ -153,6 +155,12 @@ class Trainer:
         metrics |= self.timings | {"timing/step": time.perf_counter() - step_start}
         self.report(metrics, batch)
         self.step += 1
+        for pool, workers in self.autoscaler.decide(metrics).items() if self.autoscaler else ():
+            log.info("autoscale: %s", self.scale(pool, workers))
+
+    def scale(self, pool: str, workers: object) -> str:
+        """Set a pool's number of workers (the scale command, the autoscaler). -> the outcome in words"""
+        return scale_pool(self.roles, self.pipeline, self.recovery, pool, workers)
 
     def train(self, batch: list[GroupInFlight]) -> TrainedStep:
         """Every learner rank trains on its contiguous share of the batch; the trajectories go from the object
@@ -184,26 +192,11 @@ class Trainer:
     # ---- figures ----------------------------------------------------------------------------------------
 
     def step_metrics(self, scored: list[ScoredGroup]) -> dict[str, float]:
-        rewards = torch.cat([s.rewards for s in scored])
-        requests = sum(s.requests for s in scored)
-        metrics = {
-            "reward_mean": rewards.mean().item(),
-            "reward/std": rewards.std().item(),
-            "reward/version": float(max(s.reward_version for s in scored)),
-            "reward/unparsed": float(sum(s.unparsed for s in scored)),
-            "reward/requests": float(requests),
-            "reward/parse_rate": 1.0 - sum(s.unparsed for s in scored) / max(1, requests),
-            "rollout/samples": float(rewards.numel()),
+        """The step's reward figures, the pools' since the last step, the learner's idle share."""
+        metrics = reward_figures(scored) | {
             "system/recoveries": float(self.recovery.count),
             "policy/version": float(self.version),
         }
-        decided = sum(s.position_decided for s in scored)
-        if decided:
-            metrics["reward/first_position_win_rate"] = sum(s.first_position_wins for s in scored) / decided
-        for name in scored[0].components:
-            metrics[f"reward/{name}"] = (
-                torch.cat([s.components[name] for s in scored if name in s.components]).mean().item()
-            )
         elapsed = max(1e-9, time.monotonic() - self._report_start)
         metrics |= self.pipeline.report() | {"learner/idle_frac": max(0.0, 1 - self.learner_busy_s / elapsed)}
         self.learner_busy_s, self._report_start = 0.0, time.monotonic()
@@ -230,24 +223,7 @@ class Trainer:
             media = ray.get([g.media for g in batch])
             self.logger.log_samples(step, [m.media for m in media], [m.prompt for m in media])
             self.logger.log_judgements(step, {g.scored.group_id: g.scored.details for g in batch if g.scored.details})
-        log.info(
-            "step %d/%d  reward %.4f  ratio %.6f  clip %.3f  is_w %.3f  stale %d  grad %.3g  groups %.1fs "
-            "train %.1fs  rollout %.2f g/s (idle %.0f%%)  reward %.2f g/s (idle %.0f%%)",
-            step + 1,
-            self.cfg.run.num_steps,
-            metrics["reward_mean"],
-            metrics["loss/ratio_mean"],
-            metrics["loss/clip_frac"],
-            metrics["offpolicy/is_weight_mean"],
-            metrics["offpolicy/staleness_max"],
-            metrics["loss/grad_norm"],
-            metrics["timing/groups"],
-            metrics["timing/train"],
-            metrics["rollout/groups_per_s"],
-            100 * metrics["rollout/idle_frac"],
-            metrics["reward/groups_per_s"],
-            100 * metrics["reward/idle_frac"],
-        )
+        log.info(step_line(step, self.cfg.run.num_steps, metrics))
 
     def wants_samples(self, step: int) -> bool:
         every = self.cfg.logging.sample_grid_every

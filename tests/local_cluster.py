@@ -4,6 +4,7 @@ process never touches Ray itself (the session's `ray_local` may be up)."""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import queue
@@ -17,16 +18,19 @@ from pathlib import Path
 from tests.process_job import kill_tree
 
 REPO = Path(__file__).resolve().parents[1]
+ONE_AT_A_TIME = Path(tempfile.gettempdir()) / "flexgrpo-local-cluster.lock"
 
 # Answers each stdin line with one JSON line: "actors" -> {name: [state, node id]}, "add" -> the new node's id,
 # "remove ID" -> the id. Worker nodes have one GPU each: every bundle of a pool ({CPU, GPU: 1}) takes a node of
-# its own. The head has no GPU: nothing of a pool lands there. The GCS picks a free port (no clash with other
-# clusters on this machine).
+# its own. The head has argv[2] GPUs (0: nothing of a pool lands there). The GCS picks a free port (no clash with
+# other clusters on this machine).
 CLUSTER_SCRIPT = """
 import json, sys
 from ray.cluster_utils import Cluster
 
-cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "num_gpus": 0, "include_dashboard": False})
+head_gpus = int(sys.argv[2])
+cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1 + (head_gpus > 0), "num_gpus": head_gpus,
+                                                        "include_dashboard": False})
 nodes = {cluster.head_node.node_id: cluster.head_node}
 def add():
     node = cluster.add_node(num_cpus=1, num_gpus=1)
@@ -50,16 +54,21 @@ cluster.shutdown()
 
 
 class LocalCluster:
-    """`with LocalCluster(4) as cluster:` a head and 4 one-GPU worker nodes; `cluster.address` to join."""
+    """`with LocalCluster(4) as cluster:` a head and 4 one-GPU worker nodes; `cluster.address` to join. One such
+    cluster at a time on this machine (test processes side by side wait for each other): each node is a raylet
+    with its own processes, and several clusters starting at once on 2 cores time Ray's start-up out."""
 
-    def __init__(self, worker_nodes: int) -> None:
-        self.worker_nodes = worker_nodes
+    def __init__(self, worker_nodes: int, head_gpus: int = 0) -> None:
+        """head_gpus: GPUs of the head node (0: nothing of a pool lands there)."""
+        self.worker_nodes, self.head_gpus = worker_nodes, head_gpus
         self.ray_tmp = tempfile.mkdtemp(prefix="fg-ray-", dir="/tmp")  # Ray's socket paths must fit 107 chars
         self.env = os.environ | {"RAY_TMPDIR": self.ray_tmp, "RAY_AUTH_MODE": "disabled", "PYTHONPATH": str(REPO)}
 
     def __enter__(self) -> LocalCluster:
+        self._one_at_a_time = open(ONE_AT_A_TIME, "w")  # noqa: SIM115  (held until __exit__)
+        fcntl.flock(self._one_at_a_time, fcntl.LOCK_EX)
         self.process = subprocess.Popen(
-            [sys.executable, "-c", CLUSTER_SCRIPT, str(self.worker_nodes)],
+            [sys.executable, "-c", CLUSTER_SCRIPT, str(self.worker_nodes), str(self.head_gpus)],
             cwd=REPO,
             env=self.env,
             stdin=subprocess.PIPE,
@@ -81,6 +90,7 @@ class LocalCluster:
             pass
         kill_tree(self.process)
         shutil.rmtree(self.ray_tmp, ignore_errors=True)
+        self._one_at_a_time.close()  # (releases the lock)
 
     def _pump(self) -> None:
         for line in self.process.stdout:
@@ -108,3 +118,9 @@ class LocalCluster:
 
     def remove_node(self, node_id: str) -> None:
         self.ask("remove " + node_id)
+
+
+def alive_on(cluster: LocalCluster, actor: str) -> str | None:
+    """The node an actor is alive on (None: not alive now)."""
+    state, node = cluster.actors().get(actor, ("", ""))
+    return node if state == "ALIVE" else None

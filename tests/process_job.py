@@ -77,6 +77,23 @@ class Job:
             time.sleep(0.2)
 
 
+def wait_until(what: str, condition, job: Job, timeout_s: float = 180) -> None:
+    """Poll `condition()` until true; fails naming `what` (with the job's log) on timeout or if the job ended."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline and job.process.poll() is None, f"{what}:\n{job.tail()}"
+        time.sleep(0.5)
+
+
+def sampled_by(control: ControlPlane) -> dict[str, int]:
+    """Groups sampled by each rollout worker so far, from the ledger."""
+    counts: dict[str, int] = {}
+    for event in control.ledger_log():
+        if event["to"] == "sampled":
+            counts[event["worker"]] = counts.get(event["worker"], 0) + 1
+    return counts
+
+
 def kill_tree(proc: subprocess.Popen, grace_s: float = 10.0) -> None:
     """End `proc` and every process it started, by pid (other jobs on this machine run Ray too)."""
     try:
