@@ -156,8 +156,9 @@ class WorkerPool:
                 ray.get(entry.probe)
                 entry.live = True
                 became_live.append(slot)
-            except ray.exceptions.RayActorError:  # restarting: ask again after PROBE_EVERY_S
-                pass
+            except ray.exceptions.RayActorError as err:  # restarting: ask again after PROBE_EVERY_S
+                if err.actor_init_failed:  # its constructor raised (a model that cannot load): it never will start
+                    raise
             entry.probe = None
         return became_live
 

@@ -38,19 +38,25 @@ _ROW_BYTES = 8 * _WORDS
 _ABORTED = 1  # trailer[0, 1]: the sender could not fill every bucket
 
 
+BUCKET_TIMEOUT_S = 60.0  # gloo: one bucket's broadcast (at most `learner.sync_bucket_mb`, seconds on any link)
+
+
 class WeightSyncError(RuntimeError):
     """A weight update that does not fit the receiving model, or whose bytes do not match what was sent."""
 
 
 class WeightSyncGroup:
     def __init__(self, host: str, port: int, rank: int, world_size: int, device: torch.device, timeout_s: float = 600):
+        """timeout_s: how long the rendezvous waits for every member. On CPU (gloo) one broadcast (a bucket) fails
+        after BUCKET_TIMEOUT_S at most: a member that died mid-broadcast must not hold the survivors' receives
+        (and so the group's rebuild without it) for the rendezvous' whole timeout."""
         self.rank, self.device = rank, device
-        timeout = timedelta(seconds=timeout_s)
-        self._store = dist.TCPStore(host, port, world_size, is_master=rank == 0, timeout=timeout)
+        self._store = dist.TCPStore(host, port, world_size, is_master=rank == 0, timeout=timedelta(seconds=timeout_s))
         if device.type == "cuda":
             self._group = dist.ProcessGroupNCCL(self._store, rank, world_size)
         else:
-            self._group = dist.ProcessGroupGloo(self._store, rank, world_size, timeout)
+            bucket_timeout = timedelta(seconds=min(timeout_s, BUCKET_TIMEOUT_S))
+            self._group = dist.ProcessGroupGloo(self._store, rank, world_size, bucket_timeout)
 
     def broadcast_async(self, tensor: Tensor) -> dist.Work:
         """Rank 0 sends `tensor`; every other rank receives into it. Returns the pending work."""

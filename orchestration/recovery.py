@@ -106,8 +106,10 @@ class Recovery:
         taken out of their pool until Ray has restarted them (`poll_pools` takes them back). The job goes on
         with the live ones: the weight-sync group is rebuilt without the lost rollout workers."""
         self.spend("rollout/reward worker lost")
+        pools = {name: self.roles.pool(name) for name in suspects}  # (a worker removed by a scale-down is no suspect)
         lost = {
-            name: [s for s in sorted(slots) if not self.roles.pool(name).check(s)] for name, slots in suspects.items()
+            name: [s for s in sorted(slots) if s in pools[name].slots and not pools[name].check(s)]
+            for name, slots in suspects.items()
         }
         for name, slots in lost.items():
             pool = self.roles.pool(name)

@@ -5,12 +5,13 @@ turn:
 1. is told `flexgrpo command RUN scale --pool rollout --workers 2`: the outcome says the new worker is pending on
    resources and the job goes on; a node joins, and the new worker is placed, gets the current weights and
    carries groups beside the first;
-2. loses the node of rollout-0 (no spare): the pool goes on degraded (one of two workers, `waiting` in the status
+2. loses the node of rollout-1 (no spare): the pool goes on degraded (one of two workers, `waiting` in the status
    names the other) and grows back when a node joins;
-3. loses the node of its reward worker: the job waits for scores, says for what, and goes on when a node joins;
-4. loses the node of its learner rank: the job waits for room, the learner pool is rebuilt on a node that joins
+3. loses the node of rollout-0 with a spare node free: Ray re-places the worker there;
+4. loses the node of its reward worker: the job waits for scores, says for what, and goes on when a node joins;
+5. loses the node of its learner rank: the job waits for room, the learner pool is rebuilt on a node that joins
    and reloads the latest checkpoint;
-5. is scaled back to one rollout worker, and stopped.
+6. is scaled back to one rollout worker, and stopped.
 
 The job is the real entry point (`flexgrpo train` in a subprocess). It trained every step exactly once with a
 clean audit, on-policy throughout (every worker that joined or came back had the learner's weights)."""
@@ -49,25 +50,31 @@ def test_job_survives_lost_nodes_and_grows_and_shrinks_its_pools(tmp_path):
             cluster.add_node()
             wait_until("rollout-1 carries groups", lambda: sampled_by(control).get("rollout-1", 0) >= 2, job)
 
-            # 2. rollout-0's node is lost, no spare: degraded, training goes on, then it grows back
-            lost = alive_on(cluster, "rollout-0")
+            # 2. rollout-1's node is lost, no spare: degraded, training goes on, then it grows back
+            lost = alive_on(cluster, "rollout-1")
             cluster.remove_node(lost)
-            wait_until("status names what waits", lambda: "rollout-0" in control.run_info().get("waiting", ""), job)
-            job.wait_for_step(int(control.run_info()["step"]) + 2)  # on rollout-1 alone
-            before = sampled_by(control).get("rollout-0", 0)
+            wait_until("status names what waits", lambda: "rollout-1" in control.run_info().get("waiting", ""), job)
+            job.wait_for_step(int(control.run_info()["step"]) + 2)  # on rollout-0 alone
+            before = sampled_by(control).get("rollout-1", 0)
             cluster.add_node()
             wait_until(
-                "rollout-0 back on another node", lambda: alive_on(cluster, "rollout-0") not in (None, lost), job
+                "rollout-1 back on another node", lambda: alive_on(cluster, "rollout-1") not in (None, lost), job
             )
-            wait_until("rollout-0 carries groups again", lambda: sampled_by(control).get("rollout-0", 0) > before, job)
+            wait_until("rollout-1 carries groups again", lambda: sampled_by(control).get("rollout-1", 0) > before, job)
 
-            # 3. the reward worker's node, no spare: the job waits for scores, saying for what, until a node joins
+            # 3. rollout-0's node is lost with a spare node free: the worker comes back on the spare
+            spare = cluster.add_node()
+            cluster.remove_node(alive_on(cluster, "rollout-0"))
+            wait_until("rollout-0 back on the spare", lambda: alive_on(cluster, "rollout-0") == spare, job)
+            job.wait_for_step(int(control.run_info()["step"]) + 2)
+
+            # 4. the reward worker's node, no spare: the job waits for scores, saying for what, until a node joins
             cluster.remove_node(alive_on(cluster, "reward-0"))
             wait_until("status names what waits", lambda: "reward-0" in control.run_info().get("waiting", ""), job)
             cluster.add_node()
             wait_until("the waiting line cleared", lambda: control.run_info().get("waiting", "") == "", job)
 
-            # 4. the learner rank's node, no spare: the job waits for room, then the learner reloads its checkpoint
+            # 5. the learner rank's node, no spare: the job waits for room, then the learner reloads its checkpoint
             job.wait_for_step(int(control.run_info()["step"]) + 1)
             cluster.remove_node(alive_on(cluster, "learner-0"))
             wait_until("status names what waits", lambda: "learner" in control.run_info().get("waiting", ""), job)
@@ -75,7 +82,7 @@ def test_job_survives_lost_nodes_and_grows_and_shrinks_its_pools(tmp_path):
             wait_until("the learner is back", lambda: control.run_info().get("waiting", "") == "", job, 300)
             job.wait_for_step(int(control.run_info()["step"]) + 2)
 
-            # 5. back to one rollout worker; the learner's world is not a pool to scale
+            # 6. back to one rollout worker; the learner's world is not a pool to scale
             shrunk = command(job, "scale", "--pool", "rollout", "--workers", "1")
             assert shrunk.returncode == 0 and "removed rollout-1" in shrunk.stdout, shrunk.stdout + shrunk.stderr
             refused = command(job, "scale", "--pool", "learner", "--workers", "2")
