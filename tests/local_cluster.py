@@ -28,12 +28,22 @@ CLUSTER_SCRIPT = """
 import json, sys
 from ray.cluster_utils import Cluster
 
+def retried(start):
+    # Ray gives a node 30 s to register (hard-coded); a loaded 2-core machine can miss it: start it again
+    for attempt in range(3):
+        try:
+            return start()
+        except Exception as err:
+            if attempt == 2:
+                raise
+            print("node start-up timed out, starting it again:", err, file=sys.stderr, flush=True)
+
 head_gpus = int(sys.argv[2])
-cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1 + (head_gpus > 0), "num_gpus": head_gpus,
-                                                        "include_dashboard": False})
+head = {"num_cpus": 1 + (head_gpus > 0), "num_gpus": head_gpus, "include_dashboard": False}
+cluster = retried(lambda: Cluster(initialize_head=True, head_node_args=head))
 nodes = {cluster.head_node.node_id: cluster.head_node}
 def add():
-    node = cluster.add_node(num_cpus=1, num_gpus=1)
+    node = retried(lambda: cluster.add_node(num_cpus=1, num_gpus=1))
     nodes[node.node_id] = node
     return node.node_id
 workers = [add() for _ in range(int(sys.argv[1]))]
@@ -98,13 +108,13 @@ class LocalCluster:
                 self._answers.put(json.loads(line[3:]))
         self._answers.put(None)
 
-    def _reply(self, timeout_s: float = 120):
+    def _reply(self, timeout_s: float = 300):
         answer = self._answers.get(timeout=timeout_s)  # queue.Empty: the cluster script hangs
         if answer is None:
             raise RuntimeError("the cluster script ended (its stderr is in the captured output)")
         return answer
 
-    def ask(self, line: str, timeout_s: float = 120):
+    def ask(self, line: str, timeout_s: float = 300):
         self.process.stdin.write(line + "\n")
         self.process.stdin.flush()
         return self._reply(timeout_s)

@@ -87,8 +87,7 @@ def test_job_survives_lost_nodes_and_grows_and_shrinks_its_pools(tmp_path):
             assert shrunk.returncode == 0 and "removed rollout-1" in shrunk.stdout, shrunk.stdout + shrunk.stderr
             refused = command(job, "scale", "--pool", "learner", "--workers", "2")
             assert refused.returncode == 2 and "invalid choice" in refused.stderr
-            stopped = command(job, "stop")
-            assert stopped.returncode == 0, stopped.stdout + stopped.stderr
+            control.send_command("stop")  # (not the CLI: the job's Redis may end before it reads the outcome)
             assert job.wait(timeout_s=300) == 0, job.tail()
         finally:
             kill_tree(job.process)
