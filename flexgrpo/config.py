@@ -94,6 +94,9 @@ class LoraConfig:
 class PolicyConfig:
     family: str = "sd3"  # model family adapter: sd3 (SD3/SD3.5), flux, wan
     model: str = "tiny-sd3"  # diffusers pipeline folder, hub id, or a tiny model built offline (tiny-sd3, ...)
+    # a folder with a transformer saved by diffusers (a full fine-tune's RUN_DIR/transformer) used in place of
+    # the model's own; the model gives the rest (text encoders, VAE, scheduler). None: the model's own
+    transformer: str | None = None
     dtype: str = "fp32"  # weights and activations: fp32, bf16 or fp16 (the sampler math is always fp32)
     height: int = 64  # image/video height in pixels
     width: int = 64  # image/video width in pixels
@@ -329,6 +332,11 @@ def _validate_run_and_policy(cfg: Config) -> None:
     if cfg.policy.height % 16 or cfg.policy.width % 16:
         raise ConfigError(
             f"policy.height and policy.width must be multiples of 16, got {cfg.policy.height}x{cfg.policy.width}"
+        )
+    if cfg.policy.transformer is not None and not (Path(cfg.policy.transformer) / "config.json").is_file():
+        raise ConfigError(
+            f"policy.transformer {cfg.policy.transformer!r} holds no config.json: give a folder a transformer was "
+            "saved to (a full fine-tune writes RUN_DIR/transformer)"
         )
     if cfg.policy.lora.enabled:
         _positive("policy.lora.rank", cfg.policy.lora.rank)

@@ -268,8 +268,9 @@ def _train(argv: list[str]) -> int:
         print(f"mean reward, last {k} steps:  {sum(means[-k:]) / k:.4f}")
     for name, (rate, lo, hi) in summary.win_rates.items():
         print(f"win rate against the start ({name}, last evaluation): {rate:.3f} [95% {lo:.3f}, {hi:.3f}]")
-    if summary.lora_dir:
-        print(f"LoRA (diffusers format): {summary.lora_dir}")
+    if summary.weights_dir:
+        what = "LoRA" if summary.weights_dir.name == "lora" else "transformer"
+        print(f"{what} (diffusers format): {summary.weights_dir}")
     return 0
 
 

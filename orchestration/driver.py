@@ -39,7 +39,7 @@ class RunSummary:
     steps: int  # steps in the run's metrics (a resumed run counts the steps before it too)
     reward_means: list[float]  # per step
     win_rates: dict[str, tuple[float, float, float]]  # pairwise eval reward -> last win rate vs start, 95% lo, hi
-    lora_dir: Path | None
+    weights_dir: Path | None  # the trained weights as diffusers loads them: RUN_DIR/lora or RUN_DIR/transformer
 
 
 @contextmanager
@@ -106,12 +106,11 @@ def train(cfg: Config) -> RunSummary:
         trainer.restore(latest_checkpoint(run_dir) if cfg.run.resume else None)
         stack.enter_context(stop_on_sigterm(trainer))
         status = trainer.run()
-        keep_lora = cfg.policy.lora.enabled and trainer.learner_lost is None
-        lora_dir = trainer.save_lora(run_dir / "lora") if keep_lora else None
+        weights_dir = trainer.save_final_weights(run_dir) if trainer.learner_lost is None else None
         logger.plot_rewards()
     rows = read_metrics(run_dir)
     reward_means = [row["reward_mean"] for row in rows]
-    return RunSummary(run_dir, status, len(reward_means), reward_means, last_win_rates(rows), lora_dir)
+    return RunSummary(run_dir, status, len(reward_means), reward_means, last_win_rates(rows), weights_dir)
 
 
 def _control_plane_redis(cfg: Config, run_dir: Path, stack: ExitStack) -> tuple[str, Callable[[], str] | None]:

@@ -1,11 +1,14 @@
 """`flexgrpo eval`: two policies compared offline on a prompt set, without training.
 
-- `flexgrpo eval RUN_DIR`: a finished run's final LoRA against its starting policy, with the run's own settings
+- `flexgrpo eval RUN_DIR`: a finished run's final weights (its `lora/`, or a full fine-tune's `transformer/`)
+  against its starting policy, with the run's own settings
   (policy, ODE sampler steps, guidance, resolution, samples per prompt, seeds, evaluation scorers: `eval.rewards`
   or the training rewards) on the run's held-out prompts or on a prompt file.
 - `flexgrpo eval --baseline MODEL [--baseline-lora DIR] --candidate MODEL [--candidate-lora DIR]`: any two
   policies, each a tiny model name, a diffusers folder or a hub id with an optional LoRA folder (as a run writes
-  it, `lora/`); a run directory or one of its checkpoints stands for its model and its LoRA. The sampler and
+  it, `lora/`); a run directory or one of its checkpoints stands for its model and its LoRA, a full fine-tune's run
+  directory for its model and its exported `transformer/`. An exported transformer folder alone is the recipe's
+  model (`policy.model`) with that transformer in place of its own. The sampler and
   evaluation settings are a recipe's (`--config`, default the candidate run's config, else configs/tiny.yaml).
 
 Prompts come from a file (one prompt a line, or JSONL with `prompt` and an optional `tag`, GenEval's metadata
@@ -35,6 +38,7 @@ from reward_workers.versus_start import CATEGORY_PREFIX
 
 log = logging.getLogger("flexgrpo")
 LORA_FILE = "pytorch_lora_weights.safetensors"  # the adapter, in the diffusers LoRA format a run writes
+TRANSFORMER_DIR = "transformer"  # in a full fine-tune's run directory: its final transformer, as diffusers saves it
 
 
 class EvalInputError(ValueError):
@@ -169,13 +173,15 @@ def _verdicts(results: list[VersusStart], group_id: str, samples: int) -> list[s
 
 @dataclass(frozen=True)
 class Side:
-    """One policy of a comparison: what the rollout workers build, and the LoRA folder loaded into it."""
+    """One policy of a comparison: what the rollout workers build (the model, and a transformer folder in place
+    of its own), and the LoRA folder loaded into it."""
 
     policy: PolicyConfig
     lora: Path | None = None
 
     def describe(self) -> dict:
-        return {"family": self.policy.family, "model": self.policy.model, "lora": self.lora and str(self.lora)}
+        policy, lora = self.policy, self.lora and str(self.lora)
+        return {"family": policy.family, "model": policy.model, "transformer": policy.transformer, "lora": lora}
 
 
 def eval_run(
@@ -185,10 +191,10 @@ def eval_run(
     overrides: list[str] | tuple[str, ...] = (),
     rewards: list[dict] | None = None,
 ) -> Path:
-    """Compare RUN_DIR's final LoRA with its starting policy; -> the path of eval.json."""
+    """Compare RUN_DIR's final weights with its starting policy; -> the path of eval.json."""
     cfg = _with_rewards(_run_config(run_dir, overrides), rewards)
-    _lora_folder(run_dir / "lora", f"{run_dir}/lora")
-    return compare(cfg, Side(cfg.policy), Side(cfg.policy, run_dir / "lora"), prompts_file, out or run_dir / "eval")
+    final = _trained_side(cfg.policy, run_dir, run_dir)
+    return compare(cfg, Side(cfg.policy), final, prompts_file, out or run_dir / "eval")
 
 
 def eval_policies(
@@ -295,29 +301,53 @@ def _sample(workers: list, lora: Path | None, groups: list[PromptGroup]) -> list
 
 
 def _side(cfg: Config, model: str, lora: str | None, flag: str) -> Side:
-    """One side from MODEL and an optional LoRA folder. MODEL may be a run directory or one of its checkpoints:
-    the run's model (family, text settings) with the LoRA it saved there."""
+    """One side from MODEL and an optional LoRA folder. MODEL may be a run directory or one of its checkpoints
+    (the run's model with what it trained), or an exported transformer folder (`cfg`'s model with it)."""
     from actors.tiny_models import TINY_MODELS
     from flexgrpo.model_cache import check_model_reference
 
     run_dir = _run_of(Path(model))
     if run_dir is not None:
         if lora is not None:
-            raise EvalInputError(f"{flag} {model} is a run's folder and brings its own LoRA: leave out {flag}-lora")
+            raise EvalInputError(f"{flag} {model} is a run's folder and brings its own weights: leave out {flag}-lora")
         run = load_config(run_dir / "config.yaml").policy
         policy = replace(cfg.policy, family=run.family, model=run.model, max_sequence_length=run.max_sequence_length)
-        policy = replace(policy, distilled_guidance_scale=run.distilled_guidance_scale)
-        lora = str(Path(model) / "lora")
+        policy = replace(policy, distilled_guidance_scale=run.distilled_guidance_scale, transformer=run.transformer)
+        return _trained_side(replace(policy, lora=run.lora), run_dir, Path(model))
+    if _is_transformer_folder(Path(model)):
+        policy = replace(cfg.policy, transformer=model)
     else:
         try:
             check_model_reference(flag, model, TINY_MODELS)
         except ConfigError as err:
             raise EvalInputError(str(err)) from None
-        policy = replace(cfg.policy, model=model)
+        policy = replace(cfg.policy, model=model, transformer=None)
     if lora is None:
         return Side(replace(policy, lora=replace(policy.lora, enabled=False)))
-    folder = _lora_folder(Path(lora), f"{flag}-lora {lora}" if run_dir is None else f"{model}/lora")
+    folder = _lora_folder(Path(lora), f"{flag}-lora {lora}")
     return Side(replace(policy, lora=_adapter_settings(folder, policy.lora)), folder)
+
+
+def _trained_side(policy: PolicyConfig, run_dir: Path, folder: Path) -> Side:
+    """What a run trained, as saved in `folder` (the run directory or one of its checkpoints) on top of the run's
+    starting `policy`: its LoRA, or a full fine-tune's exported transformer (written at the end of a run only)."""
+    if policy.lora.enabled:
+        lora = _lora_folder(folder / "lora", f"{folder}/lora")
+        return Side(replace(policy, lora=_adapter_settings(lora, policy.lora)), lora)
+    if folder != run_dir:
+        raise EvalInputError(
+            f"{folder} is a checkpoint of a full fine-tune: it holds DeepSpeed state only; give the run directory "
+            f"({run_dir}), whose {TRANSFORMER_DIR}/ the run writes when it ends"
+        )
+    if not _is_transformer_folder(run_dir / TRANSFORMER_DIR):
+        raise EvalInputError(f"{run_dir} holds no {TRANSFORMER_DIR}/: a full fine-tune writes it when it ends")
+    return Side(replace(policy, transformer=str(run_dir / TRANSFORMER_DIR)))
+
+
+def _is_transformer_folder(folder: Path) -> bool:
+    """A folder one diffusers model was saved to (config.json naming its class), not a whole pipeline."""
+    config = folder / "config.json"
+    return config.is_file() and not (folder / "model_index.json").is_file() and "_class_name" in config.read_text()
 
 
 def _run_of(folder: Path) -> Path | None:
@@ -335,7 +365,7 @@ def _lora_folder(folder: Path, what: str) -> Path:
     if not (folder / LORA_FILE).is_file():
         raise EvalInputError(
             f"{what} holds no LoRA adapter ({LORA_FILE}): give the `lora/` folder a run writes (a full fine-tune's "
-            "exported pipeline is a MODEL folder)"
+            "exported transformer is a MODEL folder)"
         )
     return folder
 

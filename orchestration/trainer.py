@@ -325,6 +325,14 @@ class Trainer:
     def save_lora(self, folder: Path) -> Path:
         return ray.get(self.roles.learner.actors[0].save_lora.remote(str(folder)))
 
+    def save_final_weights(self, run_dir: Path) -> Path:
+        """The trained weights as diffusers loads them: RUN_DIR/lora, or a full fine-tune's RUN_DIR/transformer
+        (the EMA when the learner keeps one; every rank takes part, as ZeRO-3 gathers)."""
+        if self.cfg.policy.lora.enabled:
+            return self.save_lora(run_dir / "lora")
+        folders = ray.get([a.export.remote(str(run_dir / "transformer")) for a in self.roles.learner.actors])
+        return folders[0]
+
 
 POOL_FIGURES = ("groups_per_s", "idle_frac", "queue_depth", "workers_live", "workers_wanted")
 STATUS_FILE_EVERY_S = 5.0  # status.json (what `flexgrpo status` shows once Redis is gone) at most this often

@@ -39,8 +39,8 @@ def test_stop_and_resume_equals_straight_run_and_a_finished_run_resumes_to_nothi
     assert resumed.steps == 4 and resumed.reward_means == straight.reward_means
     rows = [json.loads(line) for line in (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [0, 1, 2, 3]
-    a = load_file(straight.lora_dir / "pytorch_lora_weights.safetensors")
-    b = load_file(resumed.lora_dir / "pytorch_lora_weights.safetensors")
+    a = load_file(straight.weights_dir / "pytorch_lora_weights.safetensors")
+    b = load_file(resumed.weights_dir / "pytorch_lora_weights.safetensors")
     assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
     # the ledger settled what lies before the oldest kept checkpoint (step 3), also across the resume
     capsys.readouterr()

@@ -21,6 +21,7 @@ from tests.conftest import tiny_config
         ("cluster.rollout.num_workers=5", r"the pools need 7 GPUs but cluster.num_gpus is 3"),
         ("sampler.timestep_fraction=1.5", r"sampler.timestep_fraction must be in \(0, 1\]"),
         ("policy.height=60", r"multiples of 16"),
+        ("policy.transformer=/no/such/folder", r"policy.transformer '/no/such/folder' holds no config.json"),
         ("learner.zero_stage=4", r"learner.zero_stage must be one of"),
         ("policy.dtype=fp8", r"policy.dtype must be one of"),
         ("grpo.groups_per_step=3 cluster.learner.num_workers=2 cluster.num_gpus=4", r"multiple of cluster.learner"),

@@ -90,7 +90,7 @@ def test_a_runs_lora_against_the_plain_model_and_a_model_against_itself(inputs):
         ("a red cube", 0, "colors"),
         ("two cats", 1, "counting"),
     ]
-    assert settings["baseline"] == {"family": "sd3", "model": "tiny-sd3", "lora": None}
+    assert settings["baseline"] == {"family": "sd3", "model": "tiny-sd3", "transformer": None, "lora": None}
     assert settings["candidate"]["lora"] == str(checkpoint / "lora")
     assert (out / "eval.md").is_file() and (out / "pairs_001.png").is_file()
 

@@ -70,7 +70,7 @@ def test_run_writes_metrics_samples_lora_and_registry(ray_local, tmp_path):
     }
     with torch.no_grad():
         before = pipe.transformer(**inputs).sample
-        pipe.load_lora_weights(str(summary.lora_dir))
+        pipe.load_lora_weights(str(summary.weights_dir))
         after = pipe.transformer(**inputs).sample
     assert not torch.allclose(before, after), "the trained LoRA should change the transformer's output"
 

@@ -46,8 +46,9 @@ class DiffusionPolicy(Protocol):
         ...
 
 
-def load_pipeline(pipeline_cls: type, model: str, dtype: torch.dtype):
-    """Load a diffusers pipeline from a folder or hub id; components saved as absent (null) stay absent."""
+def load_pipeline(pipeline_cls: type, cfg: PolicyConfig, dtype: torch.dtype):
+    """Load `cfg.model`'s diffusers pipeline from a folder or hub id, with the transformer saved in
+    `cfg.transformer` in place of its own when set; components saved as absent (null) stay absent."""
     import diffusers
     import transformers
 
@@ -56,15 +57,29 @@ def load_pipeline(pipeline_cls: type, model: str, dtype: torch.dtype):
 
     diffusers.utils.logging.disable_progress_bar()
     transformers.utils.logging.disable_progress_bar()
-    check_model_reference("policy.model", model, TINY_MODELS)
-    path = resolve_model(model)
-    absent = {}
+    check_model_reference("policy.model", cfg.model, TINY_MODELS)
+    path = resolve_model(cfg.model)
+    components = {}
     index = Path(path) / "model_index.json"
     if index.exists():
-        absent = {k: None for k, v in json.loads(index.read_text()).items() if v == [None, None]}
-    pipe = pipeline_cls.from_pretrained(path, dtype=dtype, **absent)
+        components = {k: None for k, v in json.loads(index.read_text()).items() if v == [None, None]}
+    if cfg.transformer is not None:
+        components["transformer"] = load_transformer(cfg.transformer, dtype)
+    pipe = pipeline_cls.from_pretrained(path, dtype=dtype, **components)
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def load_transformer(folder: str | Path, dtype: torch.dtype) -> nn.Module:
+    """A transformer saved by diffusers (`save_pretrained`, or the learner's export), of the class its config
+    names."""
+    import diffusers
+
+    class_name = json.loads((Path(folder) / "config.json").read_text()).get("_class_name", "")
+    model_cls = getattr(diffusers, class_name, None)
+    if model_cls is None:
+        raise ValueError(f"policy.transformer {folder}: its config.json names no diffusers model ({class_name!r})")
+    return model_cls.from_pretrained(folder, dtype=dtype)
 
 
 def scheduler_sigmas(scheduler, num_steps: int, **set_timesteps_kwargs) -> Tensor:

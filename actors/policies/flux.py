@@ -61,7 +61,7 @@ class FluxPolicy:
         self.cfg = cfg
         self.device = torch.device(device)
         self.dtype = TORCH_DTYPES[cfg.dtype]
-        self.pipeline = load_pipeline(FluxPipeline, cfg.model, self.dtype).to(self.device)
+        self.pipeline = load_pipeline(FluxPipeline, cfg, self.dtype).to(self.device)
         self.transformer = self.pipeline.transformer
         prepare_transformer(self.transformer, cfg)
         scale = self.pipeline.vae_scale_factor * 2  # 8x VAE, then 2x2 packing

@@ -27,7 +27,7 @@ class SD3Policy:
         self.device = torch.device(device)
         self.dtype = TORCH_DTYPES[cfg.dtype]
         if pipeline is None:
-            pipeline = load_pipeline(StableDiffusion3Pipeline, cfg.model, self.dtype)
+            pipeline = load_pipeline(StableDiffusion3Pipeline, cfg, self.dtype)
         self.pipeline = pipeline.to(self.device)
         self.transformer = self.pipeline.transformer
         prepare_transformer(self.transformer, cfg)

@@ -24,7 +24,7 @@ class WanPolicy:
         self.cfg = cfg
         self.device = torch.device(device)
         self.dtype = TORCH_DTYPES[cfg.dtype]
-        self.pipeline = load_pipeline(WanPipeline, cfg.model, self.dtype).to(self.device)
+        self.pipeline = load_pipeline(WanPipeline, cfg, self.dtype).to(self.device)
         if self.pipeline.transformer_2 is not None:
             raise ValueError(
                 f"policy.model {cfg.model!r} has two expert transformers (Wan 2.2 A14B); policy.family 'wan' "
