@@ -27,7 +27,7 @@ train: $(STAMP)
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest -n $(TEST_WORKERS) --dist worksteal -m "not real_shapes" $(PYTEST_ARGS)
 
-# The real recipes at their real widths, one after another (each holds ~8 GB): minutes each; not in .ci/run.
+# The real recipes at their real widths, one after another (each holds ~8 GB): minutes each; .ci/run runs it too.
 test-real-shapes: $(STAMP)
 	$(VENV)/bin/python -m pytest -m real_shapes $(PYTEST_ARGS)
 
