@@ -92,6 +92,7 @@ class EmbeddedRedis:
             stdout=open(self.data_dir / "redis.log", "ab"),
             stderr=subprocess.STDOUT,
             preexec_fn=_die_with_this_thread(),
+            start_new_session=True,  # out of the terminal's process group: Ctrl-C is the driver's to handle
         )
         client = redis.Redis.from_url(self.url)
         deadline = time.monotonic() + 15

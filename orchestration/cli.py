@@ -15,7 +15,8 @@ flexgrpo eval --baseline MODEL [--baseline-lora DIR] --candidate MODEL [--candid
                                                  or one of its checkpoints) compared on a prompt file
 
 Every error is one line on stderr and an exit code: 2 for usage and config errors, 1 for runtime ones (`train`
-names the role that failed and the cause; the traceback is in RUN_DIR/train.log). `status`
+names the role that failed and the cause; the traceback is in RUN_DIR/train.log), 130 for Ctrl-C twice (`train`:
+the first one stops at the next step boundary after a checkpoint, exit 0, as SIGTERM does). `status`
 and `command` import no torch (swap_reward's reward check aside).
 """
 
@@ -231,6 +232,14 @@ def _some(ids: list[str], shown: int = 20) -> str:
     return " (" + " ".join(ids[:shown]) + (f" ... {len(ids) - shown} more" if len(ids) > shown else "") + ")"
 
 
+def _release(err: BaseException) -> None:
+    """Let go of what the frames of the error that ended a job hold, so that the loop's progress bar prints its
+    last state now, before the error's line, rather than after it at exit."""
+    import traceback
+
+    traceback.clear_frames(err.__traceback__)
+
+
 def _train(argv: list[str]) -> int:
     recipe = argv[0] if argv and "=" not in argv[0] else None
     overrides = argv[1:] if recipe else argv
@@ -251,6 +260,7 @@ def _train(argv: list[str]) -> int:
     from orchestration.driver import LOG_FILE, train
     from orchestration.failures import describe_failure
 
+    log_file = Path(cfg.run.output_dir) / cfg.run.name / LOG_FILE
     try:
         with logging_redirect_tqdm():
             summary = train(cfg)
@@ -258,8 +268,13 @@ def _train(argv: list[str]) -> int:
         raise CliError(f"config error: {err}", 2) from None
     except (RunOwnedError, ControlPlaneUnavailable) as err:
         raise CliError(str(err), 1) from None
+    except KeyboardInterrupt as err:  # Ctrl-C twice (the first one stops at the next step boundary): the shell's code
+        _release(err)
+        raise CliError(
+            f"interrupted: stopped without a final checkpoint; the same command resumes (log: {log_file})", 130
+        ) from None
     except Exception as err:  # noqa: BLE001  (any other failure: one line here, its traceback in the run's log)
-        log_file = Path(cfg.run.output_dir) / cfg.run.name / LOG_FILE
+        _release(err)
         raise CliError(f"{describe_failure(err)} (traceback: {log_file})", 1) from None
     print(f"run directory: {summary.run_dir} ({summary.status})")
     means, k = summary.reward_means, max(1, len(summary.reward_means) // 5)
@@ -366,6 +381,9 @@ def main(argv: list[str] | None = None) -> int:
     except CliError as err:
         print(f"error: {err}", file=sys.stderr)
         return err.code
+    except KeyboardInterrupt:  # Ctrl-C outside a training loop (imports, status, audit, eval): 128 + SIGINT
+        print("error: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

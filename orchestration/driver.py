@@ -53,7 +53,7 @@ def run_log(run_dir: Path) -> Iterator[Path]:
     root.addHandler(handler)
     try:
         yield path
-    except Exception as err:
+    except (Exception, KeyboardInterrupt) as err:
         args = (describe_failure(err),)
         handler.handle(logging.LogRecord(log.name, logging.ERROR, __file__, 0, "job failed: %s", args, sys.exc_info()))
         raise
@@ -62,19 +62,35 @@ def run_log(run_dir: Path) -> Iterator[Path]:
         handler.close()
 
 
-@contextmanager
-def stop_on_sigterm(trainer: Trainer):
-    """Pre-emption: SIGTERM ends the loop at the next step boundary, after a checkpoint."""
+class StopSignals:
+    """Pre-emption and Ctrl-C: SIGTERM or a first Ctrl-C (SIGINT) ends the loop at the next step boundary, after a
+    checkpoint (status "stopped", `reason` says which); a second Ctrl-C stops at once, without one (the ledger
+    stays the truth: the same command resumes from the last checkpoint)."""
 
-    def handler(signum, frame):
-        log.warning("SIGTERM: checkpointing and stopping")
-        trainer.operator.stop_requested = True
+    NAMES = {signal.SIGTERM: "SIGTERM", signal.SIGINT: "Ctrl-C"}
 
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    def __init__(self, trainer: Trainer) -> None:
+        self.trainer, self.reason = trainer, None
+        self.previous: dict[int, object] = {}
+
+    def __enter__(self) -> StopSignals:
+        ours = [signum for signum in self.NAMES if signal.getsignal(signum) is not signal.SIG_IGN]  # (nohup, &)
+        self.previous = {signum: signal.signal(signum, self.handle) for signum in ours}
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
+
+    def handle(self, signum: int, frame: object) -> None:
+        name = self.NAMES[signum]
+        if signum == signal.SIGINT and self.reason == name:
+            signal.signal(signal.SIGINT, self.previous[signal.SIGINT])  # a third one interrupts the teardown
+            raise KeyboardInterrupt(f"{name} twice: stopped at once, without a final checkpoint")
+        more = "; Ctrl-C again to stop now, without one" if signum == signal.SIGINT else ""
+        log.warning("%s: checkpointing and stopping at the end of this step%s", name, more)
+        self.reason = name
+        self.trainer.operator.stop_requested = True
 
 
 def train(cfg: Config) -> RunSummary:
@@ -104,8 +120,10 @@ def train(cfg: Config) -> RunSummary:
         stack.callback(roles.shutdown)
         trainer = Trainer(cfg, roles, control, logger, run_dir)
         trainer.restore(latest_checkpoint(run_dir) if cfg.run.resume else None)
-        stack.enter_context(stop_on_sigterm(trainer))
+        signals = stack.enter_context(StopSignals(trainer))
         status = trainer.run()
+        if status == "stopped" and signals.reason:
+            control.update_run(stop_reason=signals.reason)
         weights_dir = trainer.save_final_weights(run_dir) if trainer.learner_lost is None else None
         logger.plot_rewards()
     rows = read_metrics(run_dir)
@@ -132,6 +150,8 @@ def _record_final_status(control: ControlPlane, run_dir: Path, status: str, erro
     """The job's last word, in Redis and in status.json (with the line that says what ended it, on a failure).
     Never raises over the error that ended the job: when Redis is gone too, status.json still says how it ended."""
     final = {"status": status, "host": socket.gethostname()}
+    if isinstance(error, KeyboardInterrupt):  # Ctrl-C: stopped by the user (without a final checkpoint), not failed
+        final["status"], final["stop_reason"], error = "stopped", str(error) or "Ctrl-C", None
     if error is not None:
         final["failure"] = describe_failure(error)
     try:

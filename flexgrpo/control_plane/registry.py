@@ -28,6 +28,7 @@ class RunRegistry:
     def register(self, config: dict) -> None:
         self._conn.redis.sadd(keys.RUNS, self.run)
         self._conn.redis.hsetnx(self._key, "step", 0)
+        self._conn.redis.hdel(self._key, "stop_reason", "failure")  # how the run's previous job ended
         self._conn.redis.hset(
             self._key, mapping={"config": json.dumps(config), "status": "starting", "updated_at": time.time()}
         )
