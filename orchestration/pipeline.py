@@ -66,6 +66,29 @@ class PoolMeter:
         return out
 
 
+class WorkerChoice:
+    """Which live worker of a pool gets the next group: the one with the fewest calls outstanding; ties go to the
+    one given a group longest ago (a new one first), so work spreads over equally loaded workers."""
+
+    def __init__(self) -> None:
+        self._given: dict[str, dict[int, int]] = {"rollout": {}, "reward": {}}  # slot -> when it last got a group
+        self._handed = 0
+
+    def pick(self, pool: str, load: dict[int, int], limit: int | None = None) -> int | None:
+        """The worker to give the next group, from `load` (calls outstanding per live slot); None: no live
+        worker, or every one at `limit`."""
+        if not load:
+            return None
+        given = self._given[pool]
+        worker = min(load, key=lambda w: (load[w], given.get(w, -1), w))
+        return None if limit is not None and load[worker] >= limit else worker
+
+    def given(self, pool: str, worker: int) -> None:
+        """`worker` of `pool` was given a group."""
+        self._handed += 1
+        self._given[pool][worker] = self._handed
+
+
 class GroupPipeline:
     def __init__(
         self,
@@ -92,8 +115,7 @@ class GroupPipeline:
         self.inflight: dict[str, GroupInFlight] = {}
         self.dropped: dict[str, int] = {}  # reason -> groups dropped since the last report
         self.meters = {"rollout": PoolMeter(), "reward": PoolMeter()}
-        self._given: dict[str, dict[int, int]] = {"rollout": {}, "reward": {}}  # slot -> when it last got a group
-        self._handed = 0
+        self.choice = WorkerChoice()
         self._last_tick = time.monotonic()
 
     # ---- admission --------------------------------------------------------------------------------------
@@ -106,9 +128,12 @@ class GroupPipeline:
     def admit(self, learner_version: int) -> None:
         """Start as many groups as the staleness bound and the live workers' queues allow."""
         while len(self.inflight) < self.capacity:
-            worker, reward_worker = self._least_loaded("rollout"), self._least_loaded("reward", limit=None)
+            worker = self.choice.pick("rollout", self._load("rollout"), limit=SAMPLES_QUEUED_PER_WORKER)
+            reward_worker = self.choice.pick("reward", self._load("reward"))
             if worker is None or reward_worker is None:  # none live in a pool (or the rollout queues are full)
                 return
+            self.choice.given("rollout", worker)
+            self.choice.given("reward", reward_worker)
             if self.requeued:  # in the ledger already: queued, or scored when its trajectory died with a node
                 self._start(self.requeued.popleft(), worker, reward_worker, learner_version)
             else:
@@ -126,18 +151,6 @@ class GroupPipeline:
         score = self.roles.reward.actor(reward_worker).score.remote(media)
         self.inflight[group.group_id] = GroupInFlight(group, index, worker, reward_worker, trajectory, media, score)
         return group
-
-    def _least_loaded(self, pool: str, limit: int | None = SAMPLES_QUEUED_PER_WORKER) -> int | None:
-        """The live worker of `pool` with the fewest calls outstanding (None: none live, or all at `limit`)."""
-        load = self._load(pool)
-        if not load:
-            return None
-        given = self._given[pool]  # ties go to the worker given a group longest ago (a new one: first)
-        worker = min(load, key=lambda w: (load[w], given.get(w, -1), w))
-        if limit is not None and load[worker] >= limit:
-            return None
-        given[worker] = self._handed = self._handed + 1
-        return worker
 
     def _load(self, pool: str) -> dict[int, int]:
         """Calls outstanding on each live worker of `pool`, by slot."""

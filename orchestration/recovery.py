@@ -128,13 +128,12 @@ class Recovery:
         joined = {name: self.roles.pool(name).poll() for name in ("rollout", "reward")}
         if not any(joined.values()):
             return
+        members = []  # (actor, name) of every worker that came up
         for name, slots in joined.items():
             pool = self.roles.pool(name)
             for slot in slots:
                 log.info("%s is up (%d/%d live)", pool.name_of(slot), len(pool), pool.wanted)
-        members = [
-            (p.actor(s), p.name_of(s)) for p, slots in ((self.roles.pool(n), joined[n]) for n in joined) for s in slots
-        ]
+                members.append((pool.actor(slot), pool.name_of(slot)))
         if joined["reward"] and self.run.operator.specs.latest:  # built with the first spec; a swap came since
             self.run.operator.restore_workers([self.roles.reward.actor(s) for s in joined["reward"]])
         if joined["rollout"]:

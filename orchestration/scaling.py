@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 
+import ray
+
 from orchestration.pipeline import GroupPipeline
 from orchestration.recovery import Recovery
 from orchestration.roles import Roles
@@ -34,7 +36,9 @@ def scale_pool(roles: Roles, pipeline: GroupPipeline, recovery: Recovery, pool: 
     if workers > before:
         new = group.grow(workers - before)
         request_cluster_resources(roles)
-        placed = [s for s in new if group.placement_group(s).wait(PLACED_WITHIN_S)]
+        ready = [group.placement_group(s).ready() for s in new]  # all at once: PLACED_WITHIN_S in all
+        done, _ = ray.wait(ready, num_returns=len(ready), timeout=PLACED_WITHIN_S)
+        placed = [s for s, ref in zip(new, ready, strict=True) if ref in done]
         pending = [s for s in new if s not in placed]
         parts = [f"placed {', '.join(map(group.name_of, placed))}"] if placed else []
         if pending:
