@@ -215,6 +215,7 @@ class HoldsConfig:
     rollout_workers: list[int] | None = None  # indices of the held rollout workers (null: all)
     reward_s: float = 0.0  # after scoring each group
     learner_s: float = 0.0  # after each learner step
+    checkpoint_s: float = 0.0  # in each learner rank's checkpoint save (a window for faults in a checkpoint)
 
 
 @dataclass
@@ -450,7 +451,7 @@ def _validate_logging_and_eval(cfg: Config) -> None:
     """logging.*, holds.* and eval.*"""
     _positive("logging.sample_grid_every", cfg.logging.sample_grid_every, allow_zero=True)
     _one_of("logging.wandb.mode", cfg.logging.wandb.mode, WANDB_MODES)
-    for key in ("rollout_s", "reward_s", "learner_s"):
+    for key in ("rollout_s", "reward_s", "learner_s", "checkpoint_s"):
         _positive(f"holds.{key}", getattr(cfg.holds, key), allow_zero=True)
     _positive("eval.every", cfg.eval.every, allow_zero=True)
     if cfg.eval.num_prompts < 2:

@@ -143,6 +143,7 @@ class GRPOLearner(Heartbeating):
         master_addr: str = "127.0.0.1",
         master_port: int = 29500,
         hold_s: float = 0.0,
+        checkpoint_hold_s: float = 0.0,
     ) -> None:
         self.sampler_cfg, self.grpo_cfg, self.rank = sampler_cfg, grpo_cfg, rank
         init_deepspeed_distributed(rank, world_size, master_addr, master_port)
@@ -154,6 +155,7 @@ class GRPOLearner(Heartbeating):
 
         self.micro_batch, micro_batches = micro_batching(grpo_cfg, learner_cfg, sampler_cfg, world_size)
         self.updates_per_step, self.hold_s = learner_cfg.updates_per_step, hold_s
+        self.checkpoint_hold_s = checkpoint_hold_s  # tests: a window in which a fault lands inside a checkpoint
         params = trainable_parameters(self.policy.transformer)
         self.transformer, self.lora = self.policy.transformer, policy_cfg.lora.enabled
         zero3 = learner_cfg.zero_stage == 3
@@ -336,6 +338,7 @@ class GRPOLearner(Heartbeating):
     def save_checkpoint(self, folder: str | Path) -> None:
         """DeepSpeed state (weights, optimizer, schedulers) and the policy version; every rank must call it."""
         checkpointing.save_checkpoint(self.engine, folder, self.version)
+        time.sleep(self.checkpoint_hold_s)
 
     def load_checkpoint(self, folder: str | Path) -> int:
         """Restore what `save_checkpoint` wrote; returns the restored policy version."""

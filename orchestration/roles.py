@@ -130,6 +130,7 @@ def spawn_learner(cfg: Config) -> RoleGroup:
                 "master_addr": master_addr,
                 "master_port": master_port,
                 "hold_s": cfg.holds.learner_s,
+                "checkpoint_hold_s": cfg.holds.checkpoint_s,
             }
             for r in range(pool.num_workers)
         ],

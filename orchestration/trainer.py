@@ -102,12 +102,12 @@ class Trainer:
                 self.baseline = self.evaluate(prefix="eval_before", samples=start_samples)
         bar = tqdm(total=cfg.run.num_steps, initial=self.step, desc="grpo", unit="step", dynamic_ncols=True)
         while self.step < cfg.run.num_steps:
-            self.operator.poll()
-            if self.operator.stop_requested:
-                log.info("stop requested: ending before step %d", self.step)
-                break
-            try:
-                self.recovery.run_step(self.train_one_step)
+            try:  # a learner rank lost anywhere in here (a command's checkpoint too) is recovered the same way
+                self.recovery.run_step(self.operator.poll)
+                if self.operator.stop_requested:
+                    log.info("stop requested: ending before step %d", self.step)
+                    break
+                self.recovery.run_step(self._step_and_checkpoint)
             except LearnerUnavailable as err:  # the learner's node is gone and nothing can take its place
                 log.error("stopping before step %d: %s; resume the run when the cluster has room", self.step, err)
                 self.learner_lost = str(err)
@@ -115,11 +115,6 @@ class Trainer:
                 bar.close()
                 return "stopped"
             bar.update(self.step - bar.n)  # (a learner restart goes back to its checkpoint's step)
-            every = cfg.run.checkpoint_every
-            if self.operator.checkpoint_requested or (
-                every and self.step % every == 0 and self.step < cfg.run.num_steps
-            ):
-                self.checkpoint()
         bar.close()
         finished = self.step >= cfg.run.num_steps
         if finished:
@@ -127,6 +122,14 @@ class Trainer:
         if self.checkpointed_step != self.step:
             self.checkpoint()
         return "finished" if finished else "stopped"
+
+    def _step_and_checkpoint(self) -> None:
+        """One learner step, then a checkpoint when one is due or was asked for."""
+        self.train_one_step()
+        every = self.cfg.run.checkpoint_every
+        due = every and self.step % every == 0 and self.step < self.cfg.run.num_steps
+        if due or self.operator.checkpoint_requested:
+            self.checkpoint()
 
     def train_one_step(self) -> None:
         step_start, self.timings = time.perf_counter(), {}

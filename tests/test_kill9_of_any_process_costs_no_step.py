@@ -16,6 +16,7 @@ import psutil
 import pytest
 import redis
 
+from orchestration.checkpoints import PARTIAL
 from tests.process_job import FLEXGRPO, Job
 
 pytestmark = pytest.mark.slow
@@ -55,6 +56,22 @@ def test_job_survives_kill9_of_each_worker_and_of_redis(tmp_path):
     assert job.wait() == 0, job.tail()
     rows = assert_every_step_once_and_audit_clean(job)
     assert rows[-1]["system/recoveries"] >= 3
+
+
+def test_learner_killed_while_it_writes_a_checkpoint(tmp_path):
+    """A learner rank lost inside a checkpoint (here held open 4 s) is recovered like one lost inside a step:
+    the learner restarts from the checkpoint before (the partial one is never read) and the job finishes."""
+    job = Job(tmp_path, "in_checkpoint", STEPS, "holds.checkpoint_s=4").start()
+    control = job.wait_for_step(1)
+    partial = job.run_dir / "checkpoints" / f"step_000006{PARTIAL}"
+    deadline = time.monotonic() + 180
+    while not partial.is_dir():  # the second checkpoint: there is one to restart from
+        assert time.monotonic() < deadline and job.process.poll() is None, job.tail()
+        time.sleep(0.1)
+    os.kill(job.pid_of("learner-0", control), signal.SIGKILL)
+    assert job.wait() == 0, job.tail()
+    rows = assert_every_step_once_and_audit_clean(job)
+    assert rows[-1]["system/recoveries"] >= 1
 
 
 def test_rollout_worker_killed_five_times_within_a_restart_window(tmp_path):
