@@ -32,6 +32,7 @@ from tests.local_cluster import LocalCluster  # noqa: E402
 from tests.process_job import FLEXGRPO, Job  # noqa: E402
 
 STEPS, KILL_AT = 12, 5
+SCALE_UP_STEPS = 200  # the scale-up row's job: stopped once the new worker carried a group
 VICTIMS = ("rollout-0", "reward-0", "learner-0", "redis", "driver (kill -9)", "driver (SIGTERM)")
 VICTIMS += ("node of rollout-0", "node of reward-0", "node of learner-0", "scale-up")
 
@@ -63,14 +64,20 @@ def remove_node(job: Job, cluster: LocalCluster, victim: str) -> tuple[float, fl
 
 
 def scale_up(job: Job) -> float:
-    """Ask for a second rollout worker; -> seconds until its first group was scored."""
+    """Ask for a second rollout worker; -> seconds until its first group was scored. Then stop the job (it runs
+    SCALE_UP_STEPS, more than a new worker needs to start, load its model and receive the weights)."""
     sent = time.time()
-    subprocess.run([FLEXGRPO, "command", str(job.run_dir), "scale", "--pool", "rollout", "--workers", "2"], check=True)
+    flexgrpo_command(job, "scale", "--pool", "rollout", "--workers", "2")
     control = job.control()
     while not (first := [e for e in control.ledger_log() if e["to"] == "sampled" and e["worker"] == "rollout-1"]):
         assert job.process.poll() is None, job.tail()
         time.sleep(0.2)
+    flexgrpo_command(job, "stop")
     return first[0]["time"] - sent
+
+
+def flexgrpo_command(job: Job, *args: str) -> None:
+    subprocess.run([FLEXGRPO, "command", str(job.run_dir), *args], check=True, capture_output=True, timeout=180)
 
 
 def measure(out: Path, name: str, victim: str) -> tuple[float, int, bool]:
@@ -80,7 +87,8 @@ def measure(out: Path, name: str, victim: str) -> tuple[float, int, bool]:
         on_cluster = victim.startswith("node of") or victim == "scale-up"
         cluster = stack.enter_context(LocalCluster(worker_nodes=4)) if on_cluster else None
         extra = [f"cluster.address={cluster.address}"] if cluster else []
-        job = Job(out, name, STEPS, *extra).start(env=cluster.env if cluster else None)
+        steps = SCALE_UP_STEPS if victim == "scale-up" else STEPS
+        job = Job(out, name, steps, *extra).start(env=cluster.env if cluster else None)
         control = job.wait_for_step(KILL_AT)
         if victim == "scale-up":
             seconds = scale_up(job)
@@ -93,7 +101,8 @@ def measure(out: Path, name: str, victim: str) -> tuple[float, int, bool]:
     with EmbeddedRedis(job.run_dir / "redis") as url:  # the finished run's data, read back
         control = ControlPlane(url, job.run_dir.name)
         events = [e for e in control.ledger_log() if e["to"] == "trained"]
-        clean = control.audit(STEPS).ok
+        info = control.run_info()  # (the scale-up row's job was stopped)
+        clean = control.audit(int(info["step"]), finished=info["status"] == "finished").ok
     if victim == "scale-up":
         return seconds, 0, clean
     done_before = {e["step"] for e in events if e["time"] < went_on}
@@ -105,15 +114,15 @@ def measure(out: Path, name: str, victim: str) -> tuple[float, int, bool]:
 def main() -> None:
     chosen = sys.argv[1:] or VICTIMS  # e.g. "driver (SIGTERM)"
     out = Path(tempfile.mkdtemp(prefix="bench_recovery_"))
-    rows = [(victim, *measure(out, f"run{i}", victim)) for i, victim in enumerate(chosen)]
-    print(f"\ntiny recipe, {STEPS} steps, killed at step {KILL_AT}, checkpoints every 3 steps")
+    print(f"tiny recipe, {STEPS} steps, killed at step {KILL_AT}, checkpoints every 3 steps")
     print(
         "| killed (scale-up: seconds to the new worker's first group) | seconds to the next trained step | "
         "steps trained again | audit |"
     )
-    print("| --- | --- | --- | --- |")
-    for victim, seconds, lost, clean in rows:
-        print(f"| {victim} | {seconds:.1f} | {lost} | {'clean' if clean else 'FAILED'} |")
+    print("| --- | --- | --- | --- |", flush=True)
+    for i, victim in enumerate(chosen):  # a row as soon as it is measured
+        seconds, lost, clean = measure(out, f"run{i}", victim)
+        print(f"| {victim} | {seconds:.1f} | {lost} | {'clean' if clean else 'FAILED'} |", flush=True)
 
 
 if __name__ == "__main__":
