@@ -5,25 +5,24 @@
   commit   the step's groups are marked trained in the ledger, together with the step number
   publish  rank 0 starts broadcasting the new version; workers switch to it between groups (never waited for)
 
-Around it: operator commands, checkpoints, evaluation, reporting, and the recovery of dead actors.
+Around it: operator commands, checkpoints, evaluation, reporting, and the recovery of dead actors. The ranks'
+share of a step is orchestration/learner_step.py; where the step's figures go, orchestration/step_report.py.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import time
 from contextlib import contextmanager
-from dataclasses import replace
 from pathlib import Path
 
 import ray
 from tqdm import tqdm
 
 from flexgrpo.config import Config
-from flexgrpo.control_plane import ControlPlane, write_status_file
+from flexgrpo.control_plane import ControlPlane
 from flexgrpo.prompts import load_prompts
-from flexgrpo.records import MediaGroup, ScoredGroup, TrainedStep
+from flexgrpo.records import MediaGroup, TrainedStep
 from orchestration.autoscaling import Autoscaler
 from orchestration.checkpoints import (
     RunState,
@@ -32,13 +31,14 @@ from orchestration.checkpoints import (
     write_checkpoint,
 )
 from orchestration.evaluation import Evaluation
+from orchestration.learner_step import train_on_ranks
 from orchestration.operator import Operator, RewardSpecs
 from orchestration.pipeline import LOST, GroupInFlight, GroupPipeline
 from orchestration.recovery import LearnerUnavailable, Recovery
 from orchestration.reporting import MetricsLogger
 from orchestration.roles import Roles
 from orchestration.scaling import scale_pool
-from orchestration.step_figures import reward_figures, step_line
+from orchestration.step_report import StepReport
 from orchestration.weights import WeightBroadcast
 
 log = logging.getLogger("flexgrpo")
@@ -64,9 +64,8 @@ class Trainer:
         )
         self.autoscaler = Autoscaler.from_config(cfg.cluster)  # None: pools change by command only
         self.timings: dict[str, float] = {}
-        self.learner_busy_s, self._report_start = 0.0, time.monotonic()
+        self.report = StepReport(cfg, roles, control, logger, run_dir)
         self.checkpointed_step = -1  # next step of the newest checkpoint written by this trainer
-        self._status_written = -float("inf")  # when status.json was last written
         self.baseline: dict[str, float] = {}  # the evaluation before training, logged with the first step
         self.learner_lost: str | None = None  # why the job stopped without a learner (then nothing more is saved)
 
@@ -100,22 +99,20 @@ class Trainer:
             start_samples = self.evaluation.prepare(self.roles.rollout.actors, self.step)
             if cfg.eval.before_training and self.step == 0:  # the starting policy against itself
                 self.baseline = self.evaluate(prefix="eval_before", samples=start_samples)
-        bar = tqdm(total=cfg.run.num_steps, initial=self.step, desc="grpo", unit="step", dynamic_ncols=True)
-        while self.step < cfg.run.num_steps:
-            try:  # a learner rank lost anywhere in here (a command's checkpoint too) is recovered the same way
-                self.recovery.run_step(self.operator.poll)
-                if self.operator.stop_requested:
-                    log.info("stop requested: ending before step %d", self.step)
-                    break
-                self.recovery.run_step(self._step_and_checkpoint)
-            except LearnerUnavailable as err:  # the learner's node is gone and nothing can take its place
-                log.error("stopping before step %d: %s; resume the run when the cluster has room", self.step, err)
-                self.learner_lost = str(err)
-                self.control.update_run(stop_reason=self.learner_lost)
-                bar.close()
-                return "stopped"
-            bar.update(self.step - bar.n)  # (a learner restart goes back to its checkpoint's step)
-        bar.close()
+        with tqdm(total=cfg.run.num_steps, initial=self.step, desc="grpo", unit="step", dynamic_ncols=True) as bar:
+            while self.step < cfg.run.num_steps:
+                try:  # a learner rank lost anywhere in here (a command's checkpoint too) is recovered the same way
+                    self.recovery.run_step(self.operator.poll)
+                    if self.operator.stop_requested:
+                        log.info("stop requested: ending before step %d", self.step)
+                        break
+                    self.recovery.run_step(self._step_and_checkpoint)
+                except LearnerUnavailable as err:  # the learner's node is gone and nothing can take its place
+                    log.error("stopping before step %d: %s; resume the run when the cluster has room", self.step, err)
+                    self.learner_lost = str(err)
+                    self.control.update_run(stop_reason=self.learner_lost)
+                    return "stopped"
+                bar.update(self.step - bar.n)  # (a learner restart goes back to its checkpoint's step)
         finished = self.step >= cfg.run.num_steps
         if finished:
             self.pipeline.finish()
@@ -151,12 +148,14 @@ class Trainer:
         with self.timed("publish"):
             self.weights.publish()
         self.pipeline.admit(self.version)
-        metrics = self.step_metrics(scores) | trained.metrics | self.baseline
+        pools = self.pipeline.report()
+        metrics = self.report.figures(scores, pools, self.recovery.count, self.version) | trained.metrics
+        metrics |= self.baseline
         self.baseline = {}
         if self.wants_eval(self.step + 1):
             metrics |= self.evaluate()
         metrics |= self.timings | {"timing/step": time.perf_counter() - step_start}
-        self.report(metrics, batch)
+        self.report.report(self.step, self.version, metrics, batch, grid=self.wants_samples(self.step))
         self.step += 1
         for pool, workers in self.autoscaler.decide(metrics).items() if self.autoscaler else ():
             log.info("autoscale: %s", self.scale(pool, workers))
@@ -166,67 +165,15 @@ class Trainer:
         return scale_pool(self.roles, self.pipeline, self.recovery, pool, workers)
 
     def train(self, batch: list[GroupInFlight]) -> TrainedStep:
-        """Every learner rank trains on its contiguous share of the batch; the trajectories go from the object
-        store straight to the ranks. -> the step's version and metrics (averaged over ranks; maxima stay maxima),
-        or the groups whose trajectories were lost (then nothing was trained)"""
-        learners = self.roles.learner.actors
-        scores = [replace(g.scored, details=[]) for g in batch]  # the judges' texts stay here
-        size = math.ceil(len(batch) / len(learners))
-        refs = [
-            actor.train_step_from_store.remote(
-                scores, [(g.group.group_id, g.trajectory) for g in batch[r * size : (r + 1) * size]]
-            )
-            for r, actor in enumerate(learners)
-        ]
+        """Every learner rank trains on its share of `batch` (orchestration/learner_step.py) while the pools
+        are kept fed."""
         start = time.monotonic()
-        self.pipeline.wait(refs, self.version)
-        results: list[TrainedStep] = ray.get(refs)
-        self.learner_busy_s += time.monotonic() - start
-        if lost := tuple(group_id for r in results for group_id in r.lost):
-            return TrainedStep(version=self.version, metrics={}, lost=lost)
-        versions = {r.version for r in results}
-        if len(versions) != 1:
-            raise RuntimeError(f"learner ranks disagree on the policy version after a step: {sorted(versions)}")
-        metrics = {
-            k: (max if k.endswith("_max") else _mean)([r.metrics[k] for r in results]) for k in results[0].metrics
-        }
-        return TrainedStep(version=versions.pop(), metrics=metrics)
+        learners, wait = self.roles.learner.actors, lambda refs: self.pipeline.wait(refs, self.version)
+        trained = train_on_ranks(learners, batch, self.version, wait)
+        self.report.learner_busy_s += time.monotonic() - start
+        return trained
 
     # ---- figures ----------------------------------------------------------------------------------------
-
-    def step_metrics(self, scored: list[ScoredGroup]) -> dict[str, float]:
-        """The step's reward figures, the pools' since the last step, the learner's idle share."""
-        metrics = reward_figures(scored) | {
-            "system/recoveries": float(self.recovery.count),
-            "policy/version": float(self.version),
-        }
-        elapsed = max(1e-9, time.monotonic() - self._report_start)
-        metrics |= self.pipeline.report() | {"learner/idle_frac": max(0.0, 1 - self.learner_busy_s / elapsed)}
-        self.learner_busy_s, self._report_start = 0.0, time.monotonic()
-        return metrics
-
-    def report(self, metrics: dict[str, float], batch: list[GroupInFlight]) -> None:
-        """The step's metrics to metrics.jsonl, TensorBoard, Redis and a log line; when due, a sample grid with
-        the judges' parsed replies beside it."""
-        step = self.step
-        self.logger.log(step, metrics)
-        self.control.publish_metrics(step, metrics)
-        if time.monotonic() - self._status_written > STATUS_FILE_EVERY_S:
-            write_status_file(self.run_dir, self.control.status())
-            self._status_written = time.monotonic()
-        pools = {k: round(v, 3) for k, v in metrics.items() if k.split("/")[-1] in POOL_FIGURES}
-        self.control.update_run(
-            step=step + 1,
-            policy_version=self.version,
-            reward_version=int(metrics["reward/version"]),
-            pools=pools,
-            waiting=self.roles.waiting(),
-        )
-        if self.wants_samples(step):
-            media = ray.get([g.media for g in batch])
-            self.logger.log_samples(step, [m.media for m in media], [m.prompt for m in media])
-            self.logger.log_judgements(step, {g.scored.group_id: g.scored.details for g in batch if g.scored.details})
-        log.info(step_line(step, self.cfg.run.num_steps, metrics))
 
     def wants_samples(self, step: int) -> bool:
         every = self.cfg.logging.sample_grid_every
@@ -335,11 +282,3 @@ class Trainer:
             return self.save_lora(run_dir / "lora")
         folders = ray.get([a.export.remote(str(run_dir / "transformer")) for a in self.roles.learner.actors])
         return folders[0]
-
-
-POOL_FIGURES = ("groups_per_s", "idle_frac", "queue_depth", "workers_live", "workers_wanted")
-STATUS_FILE_EVERY_S = 5.0  # status.json (what `flexgrpo status` shows once Redis is gone) at most this often
-
-
-def _mean(values: list[float]) -> float:
-    return sum(values) / len(values)
