@@ -4,7 +4,8 @@
 <run_dir>/checkpoints/latest         name of the newest complete checkpoint, written last
 
 A checkpoint is written into `step_000120.partial/`, renamed when complete, then `latest` is pointed at it;
-only the newest `keep` checkpoints are kept.
+only the newest `keep` checkpoints are kept. A partial folder left by a crash is never read, and removed by the
+next checkpoint written.
 """
 
 from __future__ import annotations
@@ -39,7 +40,8 @@ def write_checkpoint(
     -> (the checkpoint written, the complete checkpoints kept, oldest first)"""
     final = checkpoint_folder(run_dir, state.step)
     partial = final.with_name(final.name + PARTIAL)
-    shutil.rmtree(partial, ignore_errors=True)
+    for crashed in final.parent.glob(f"step_*{PARTIAL}"):  # (one job writes a run's checkpoints: its lease)
+        shutil.rmtree(crashed, ignore_errors=True)
     partial.mkdir(parents=True)
     save_roles(partial)
     (partial / "run_state.json").write_text(json.dumps(asdict(state), indent=2), encoding="utf-8")
