@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,8 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from flexgrpo.config import ClusterConfig, ConfigError, PoolConfig
 from flexgrpo.net import free_port, node_ip
+
+log = logging.getLogger("flexgrpo")
 
 # Passed to every actor so that caches and logs land where the driver's do.
 FORWARDED_ENV = (
@@ -27,6 +30,8 @@ FORWARDED_ENV = (
 )
 WORKER_LOG = "workers.log"  # in the run directory: what the role actors print, as Ray relays it to the driver
 CONNECT_TIMEOUT_S = 5.0  # a Ray address that does not accept a connection within this fails the job
+LOCAL_START_TRIES = 3  # a local Ray start that missed Ray's node registration limit is tried again
+NODE_START_TIMEOUT = "timed out during startup"  # what Ray's error says then
 
 
 class ClusterUnreachable(ConnectionError):
@@ -46,12 +51,14 @@ def ray_session(cfg: ClusterConfig, run_dir: Path) -> Iterator[None]:
         check_cluster_answers(cfg.address)
         ray.init(address=cfg.address, runtime_env=runtime_env, log_to_driver=True)
     else:
-        ray.init(
-            num_cpus=cfg.num_cpus,
-            num_gpus=cfg.num_gpus,
-            include_dashboard=False,
-            runtime_env=runtime_env,
-            log_to_driver=True,
+        start_local_node(
+            lambda: ray.init(
+                num_cpus=cfg.num_cpus,
+                num_gpus=cfg.num_gpus,
+                include_dashboard=False,
+                runtime_env=runtime_env,
+                log_to_driver=True,
+            )
         )
     try:
         with worker_output_to(run_dir / WORKER_LOG):
@@ -60,6 +67,28 @@ def ray_session(cfg: ClusterConfig, run_dir: Path) -> Iterator[None]:
             yield
     finally:
         ray.shutdown()
+
+
+def start_local_node(start: Callable[[], object], tries: int = LOCAL_START_TRIES) -> None:
+    """Run `start` (a `ray.init` that starts a local Ray), again when Ray's node missed its registration limit
+    (30 s, fixed in Ray: a loaded machine can miss it). A failed start leaves its GCS and raylet running, with
+    nothing in Ray to stop them: the processes it started are killed before the next try."""
+    import psutil
+
+    me = psutil.Process()
+    for attempt in range(1, tries + 1):
+        before = {p.pid for p in me.children(recursive=True)}
+        try:
+            start()
+            return
+        except Exception as err:
+            if NODE_START_TIMEOUT not in str(err) or attempt == tries:
+                raise
+            left = [p for p in me.children(recursive=True) if p.pid not in before]
+            for process in left:
+                process.kill()
+            psutil.wait_procs(left, timeout=10)
+            log.warning("local Ray did not start in time (try %d of %d): starting it again", attempt, tries)
 
 
 @contextmanager
