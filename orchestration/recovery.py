@@ -28,6 +28,7 @@ from flexgrpo.config import Config
 from flexgrpo.control_plane import ControlPlane
 from orchestration.checkpoints import latest_checkpoint
 from orchestration.operator import Operator
+from orchestration.pipeline import LOST
 from orchestration.roles import Roles, connect_weight_sync, spawn_learner, start_heartbeats, wait_until_ready
 from orchestration.weights import WeightBroadcast
 
@@ -134,11 +135,20 @@ class Recovery:
             for slot in slots:
                 log.info("%s is up (%d/%d live)", pool.name_of(slot), len(pool), pool.wanted)
                 members.append((pool.actor(slot), pool.name_of(slot)))
-        if joined["reward"] and self.run.operator.specs.latest:  # built with the first spec; a swap came since
-            self.run.operator.restore_workers([self.roles.reward.actor(s) for s in joined["reward"]])
-        if joined["rollout"]:
-            self.rollout_changed()
-        start_heartbeats(members, self.control)
+        try:
+            if joined["reward"] and self.run.operator.specs.latest:  # built with the first spec; a swap came since
+                self.run.operator.restore_workers([self.roles.reward.actor(s) for s in joined["reward"]])
+            if joined["rollout"]:
+                self.rollout_changed()
+            start_heartbeats(members, self.control)
+        except LOST as err:  # one died again before it had joined: they all join again once they answer
+            log.warning("a worker died while it joined (%s): joining again once up", type(err).__name__)
+            for name, slots in joined.items():
+                for slot in slots:
+                    self.roles.pool(name).lost(slot)
+            if joined["rollout"]:
+                self.rollout_changed()  # the weight-sync group without them
+            return
         self.control.update_run(waiting=self.roles.waiting())
 
     def replace_learner(self) -> None:
