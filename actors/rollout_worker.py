@@ -45,14 +45,17 @@ class RolloutWorker(Heartbeating):
         *,
         run_seed: int,
         hold_s: float = 0.0,
+        join_hold_s: float = 0.0,
         version_timeout_s: float = 900.0,
     ) -> None:
+        """hold_s, join_hold_s: sleeps after each group and in each weight-sync join (`holds`: tests, benchmarks)"""
         self.device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
         self.policy = build_policy(policy_cfg, self.device)
         self.params = trainable_parameters(self.policy.transformer)  # what the learner trains and sends
         self.policy.transformer.requires_grad_(False)  # sampling needs no gradients
         self.sampler_cfg = sampler_cfg
         self.run_seed, self.hold_s, self.version_timeout_s = run_seed, hold_s, version_timeout_s
+        self.join_hold_s = join_hold_s
         self.version = 0  # version of the weights groups are sampled with
         self._staging = _ReceivedCopy()  # the newest weights received, loaded before the next group
         self._ema = _ReceivedCopy()  # the newest EMA of the weights received, for evaluation only
@@ -91,9 +94,11 @@ class RolloutWorker(Heartbeating):
         if getattr(result, "unexpected_keys", None):
             raise ValueError(f"{folder}: LoRA keys this policy has no place for: {result.unexpected_keys[:3]}")
 
-    def join_weight_sync(self, host: str, port: int, rank: int, world_size: int) -> None:
-        """Join a (new) weight-sync group; call it in the weights thread, after any receive in progress."""
-        self._sync = WeightSyncGroup(host, port, rank, world_size, self.device)
+    def join_weight_sync(self, host: str, port: int, rank: int, world_size: int, timeout_s: float = 600) -> None:
+        """Join a (new) weight-sync group; call it in the weights thread, after any receive in progress.
+        timeout_s: how long the rendezvous waits for the other members."""
+        time.sleep(self.join_hold_s)
+        self._sync = WeightSyncGroup(host, port, rank, world_size, self.device, timeout_s=timeout_s)
 
     def receive_weights(self, header: WeightUpdate) -> int:
         """Receive `header.version` from the learner into the staging copy; the next group switches to it (an

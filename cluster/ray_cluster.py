@@ -32,6 +32,9 @@ WORKER_LOG = "workers.log"  # in the run directory: what the role actors print, 
 CONNECT_TIMEOUT_S = 5.0  # a Ray address that does not accept a connection within this fails the job
 LOCAL_START_TRIES = 3  # a local Ray start that missed Ray's node registration limit is tried again
 NODE_START_TIMEOUT = "timed out during startup"  # what Ray's error says then
+# What a call whose worker died, or whose arguments died with a node, raises (ObjectLostError covers
+# ObjectReconstructionFailedError and OwnerDiedError; Ray raises them as RayTaskError subclasses too).
+LOST = (ray.exceptions.RayActorError, ray.exceptions.ObjectLostError)
 
 
 class ClusterUnreachable(ConnectionError):

@@ -64,6 +64,9 @@ class ClusterConfig:
     start_timeout_s: float = 900.0  # the pools' first start (placed, models loaded) must finish within this
     learner_wait_s: float = 600.0  # a learner pool being rebuilt (a rank's node lost) waits this long for room in
     # the cluster; then the job stops cleanly (status stopped, the reason recorded), to resume when room returns
+    weight_sync_join_s: float = 120.0  # the weight-sync rendezvous (learner rank 0 and the live rollout workers)
+    # waits this long for every member; a member lost while joining costs at most this, then the group is rebuilt
+    # without it. Above the 60 s a broadcast bucket may take to fail: a member joins after its receive in flight
     rollout: PoolConfig = field(default_factory=PoolConfig)  # the policy's sampling pool
     reward: PoolConfig = field(default_factory=PoolConfig)  # the reward models' pool
     learner: PoolConfig = field(default_factory=PoolConfig)  # the DeepSpeed learner's ranks
@@ -216,6 +219,7 @@ class HoldsConfig:
     reward_s: float = 0.0  # after scoring each group
     learner_s: float = 0.0  # after each learner step
     checkpoint_s: float = 0.0  # in each learner rank's checkpoint save (a window for faults in a checkpoint)
+    join_s: float = 0.0  # in each rollout worker's weight-sync join, before it connects (a window for faults there)
 
 
 @dataclass
@@ -468,6 +472,7 @@ def _validate_cluster(cfg: Config) -> None:
     _positive("cluster.restart_window_s", c.restart_window_s)
     _positive("cluster.start_timeout_s", c.start_timeout_s)
     _positive("cluster.learner_wait_s", c.learner_wait_s)
+    _positive("cluster.weight_sync_join_s", c.weight_sync_join_s)
     for pool in ("rollout", "reward", "learner"):
         p: PoolConfig = getattr(c, pool)
         _positive(f"cluster.{pool}.num_workers", p.num_workers)

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 
 import ray
 
+from cluster.ray_cluster import LOST
 from flexgrpo.config import GRPOConfig
 from flexgrpo.control_plane import ControlPlane
 from flexgrpo.prompts import prompt_group
@@ -32,9 +33,6 @@ from orchestration.roles import Roles
 
 log = logging.getLogger("flexgrpo")
 SAMPLES_QUEUED_PER_WORKER = 2  # one group sampling, one waiting, so a worker never idles between groups
-# What a call whose worker died, or whose arguments died with a node, raises (ObjectLostError covers
-# ObjectReconstructionFailedError and OwnerDiedError; Ray raises them as RayTaskError subclasses too).
-LOST = (ray.exceptions.RayActorError, ray.exceptions.ObjectLostError)
 
 
 @dataclass

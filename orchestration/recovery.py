@@ -23,12 +23,11 @@ from typing import Protocol
 
 import ray
 
-from cluster.ray_cluster import PoolUnplaced
+from cluster.ray_cluster import LOST, PoolUnplaced
 from flexgrpo.config import Config
 from flexgrpo.control_plane import ControlPlane
 from orchestration.checkpoints import latest_checkpoint
 from orchestration.operator import Operator
-from orchestration.pipeline import LOST
 from orchestration.roles import Roles, connect_weight_sync, spawn_learner, start_heartbeats, wait_until_ready
 from orchestration.weights import WeightBroadcast
 
@@ -129,20 +128,26 @@ class Recovery:
         joined = {name: self.roles.pool(name).poll() for name in ("rollout", "reward")}
         if not any(joined.values()):
             return
-        members = []  # (actor, name) of every worker that came up
         for name, slots in joined.items():
             pool = self.roles.pool(name)
             for slot in slots:
                 log.info("%s is up (%d/%d live)", pool.name_of(slot), len(pool), pool.wanted)
-                members.append((pool.actor(slot), pool.name_of(slot)))
         try:
             if joined["reward"] and self.run.operator.specs.latest:  # built with the first spec; a swap came since
                 self.run.operator.restore_workers([self.roles.reward.actor(s) for s in joined["reward"]])
             if joined["rollout"]:
-                self.rollout_changed()
+                self.rollout_changed()  # (one lost while it joins is out of the pool again)
+            pools = {name: self.roles.pool(name) for name in joined}
+            members = [  # (actor, name) of every worker that came up and is still live
+                (pools[name].actor(slot), pools[name].name_of(slot))
+                for name, slots in joined.items()
+                for slot in slots
+                if slot in pools[name].live
+            ]
             start_heartbeats(members, self.control)
         except LOST as err:  # one died again before it had joined: they all join again once they answer
             log.warning("a worker died while it joined (%s): joining again once up", type(err).__name__)
+            self.spend("worker lost while it joined")  # a worker that dies at every join must run out of budget
             for name, slots in joined.items():
                 for slot in slots:
                     self.roles.pool(name).lost(slot)
@@ -176,6 +181,7 @@ class Recovery:
         """After the rollout pool or the learner changed: a new weight-sync group of the learner and the live
         rollout workers (the old receives no longer matter); `heartbeats`: new learner ranks that must beat."""
         self.run.weights.forget()
-        connect_weight_sync(self.roles)
+        if connect_weight_sync(self.roles, self.cfg.cluster.weight_sync_join_s):
+            self.spend("rollout worker lost in the weight-sync rendezvous")
         if heartbeats:
             start_heartbeats(list(zip(heartbeats, self.roles.learner.actor_names, strict=True)), self.control)

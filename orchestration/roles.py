@@ -86,6 +86,7 @@ def build_roles(cfg: Config, control: ControlPlane | None = None) -> Roles:
         kwargs_for=lambda slot: {
             "run_seed": cfg.run.seed,
             "hold_s": holds.rollout_s if held is None or slot in held else 0.0,
+            "join_hold_s": holds.join_s,
         },
         concurrency_groups={WEIGHTS_THREAD: 1},  # weights arrive while a group is being sampled
     )
@@ -100,7 +101,7 @@ def build_roles(cfg: Config, control: ControlPlane | None = None) -> Roles:
     roles = Roles(rollout, reward, spawn_learner(cfg))
     for pool in (rollout, reward):
         pool.wait_live(c.start_timeout_s)
-    connect_weight_sync(roles)
+    connect_weight_sync(roles, c.weight_sync_join_s)
     if control is not None:
         start_heartbeats(roles.members(), control)
     return roles
@@ -151,18 +152,56 @@ def wait_until_ready(actors: list, timeout_s: float) -> None:
                 time.sleep(0.2)
 
 
-def connect_weight_sync(roles: Roles) -> None:
-    """A fresh weight-sync group: learner rank 0 is rank 0, rollout workers are 1..N, on a group of their own.
-    The workers join in their weights thread, after any weights they are still receiving."""
+def connect_weight_sync(roles: Roles, timeout_s: float) -> list[int]:
+    """A fresh weight-sync group: learner rank 0 is rank 0, the live rollout workers are 1..N, on a group of their
+    own. The workers join in their weights thread, after any weights they are still receiving. A worker lost while
+    it joins is taken out of the pool (it joins again once Ray restarted it) and the group is built again without
+    it; the members of the broken rendezvous give up within `timeout_s` (`cluster.weight_sync_join_s`).
+    -> the slots of the rollout workers lost so"""
+    lost_in_all = []
+    while lost := _join_weight_sync(roles, timeout_s):
+        for slot in lost:
+            roles.rollout.lost(slot)
+        names = ", ".join(roles.rollout.name_of(s) for s in lost)
+        log.warning("%s lost while joining the weight-sync group: building it again without them", names)
+        lost_in_all += lost
+    return lost_in_all
+
+
+def _join_weight_sync(roles: Roles, timeout_s: float) -> list[int]:
+    """One rendezvous of learner rank 0 and the live rollout workers. -> the slots of the workers lost in it
+    (once the others gave up on them); raises what else fails, a dead learner rank included."""
     from actors.rollout_worker import WEIGHTS_THREAD
+    from cluster.ray_cluster import LOST
 
     host, port = roles.learner.rendezvous_address()
     log.info("weight-sync rendezvous for the learner and the rollout workers: %s:%d", host, port)
-    world = 1 + len(roles.rollout)
-    ray.get(
-        [roles.learner.actors[0].join_weight_sync.remote(host, port, world)]
-        + [
-            w.join_weight_sync.options(concurrency_group=WEIGHTS_THREAD).remote(host, port, 1 + i, world)
-            for i, w in enumerate(roles.rollout.actors)
-        ]
-    )
+    slots = roles.rollout.live
+    world = 1 + len(slots)
+    learner = roles.learner.actors[0].join_weight_sync.remote(host, port, world, timeout_s)
+    joins = {
+        roles.rollout.actor(slot)
+        .join_weight_sync.options(concurrency_group=WEIGHTS_THREAD)
+        .remote(host, port, 1 + i, world, timeout_s): slot
+        for i, slot in enumerate(slots)
+    }
+    pending, lost = [learner, *joins], []
+    while pending and not lost:
+        done, pending = ray.wait(pending, num_returns=1)
+        try:
+            ray.get(done[0])
+        except LOST:
+            if done[0] == learner:
+                raise
+            lost.append(joins[done[0]])
+    if lost:  # the others wait out the rendezvous (their next calls queue behind it); what they raise is expected
+        for ref in ray.wait(pending, num_returns=len(pending), timeout=timeout_s + 60)[0]:
+            try:
+                ray.get(ref)
+            except LOST:
+                if ref == learner:
+                    raise
+                lost.append(joins[ref])
+            except Exception:  # noqa: BLE001  the rendezvous' timeout, for want of the lost members
+                pass
+    return lost

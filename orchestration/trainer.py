@@ -19,6 +19,7 @@ from pathlib import Path
 import ray
 from tqdm import tqdm
 
+from cluster.ray_cluster import LOST
 from flexgrpo.config import Config
 from flexgrpo.control_plane import ControlPlane
 from flexgrpo.prompts import load_prompts
@@ -33,7 +34,7 @@ from orchestration.checkpoints import (
 from orchestration.evaluation import Evaluation
 from orchestration.learner_step import train_on_ranks
 from orchestration.operator import Operator, RewardSpecs
-from orchestration.pipeline import LOST, GroupInFlight, GroupPipeline
+from orchestration.pipeline import GroupInFlight, GroupPipeline
 from orchestration.recovery import LearnerUnavailable, Recovery
 from orchestration.reporting import MetricsLogger
 from orchestration.roles import Roles

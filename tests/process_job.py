@@ -76,6 +76,21 @@ class Job:
             assert time.monotonic() < deadline and self.process.poll() is None, f"no heartbeat from {worker}"
             time.sleep(0.2)
 
+    def pid_in_call(self, call: str, not_one_of: set[int] = frozenset(), timeout_s: float = 120) -> int:
+        """The pid of the job's process that runs `call` (e.g. RolloutWorker.join_weight_sync) now: Ray titles an
+        actor's process `ray::<Class>.<method>` while it runs a call (with one worker of the class, that worker)."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            for proc in psutil.Process(self.process.pid).children(recursive=True):
+                try:
+                    title = " ".join(proc.cmdline())
+                except psutil.Error:
+                    continue
+                if title.startswith(f"ray::{call}") and proc.pid not in not_one_of:
+                    return proc.pid
+            assert time.monotonic() < deadline and self.process.poll() is None, f"nothing ran {call}"
+            time.sleep(0.05)
+
 
 def wait_until(what: str, condition, job: Job, timeout_s: float = 180) -> None:
     """Poll `condition()` until true; fails naming `what` (with the job's log) on timeout or if the job ended."""

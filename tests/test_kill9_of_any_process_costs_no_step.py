@@ -74,6 +74,22 @@ def test_learner_killed_while_it_writes_a_checkpoint(tmp_path):
     assert rows[-1]["system/recoveries"] >= 1
 
 
+def test_rollout_worker_killed_while_it_joins_the_weight_sync_group(tmp_path):
+    """A worker lost inside the weight-sync rendezvous (each join held open 4 s here) costs at most the
+    rendezvous' timeout (cluster.weight_sync_join_s, 20 s here; the learner used to wait 600 s): the group is
+    built without it, then again with it once Ray restarted it, and the job finishes every step once."""
+    job = Job(tmp_path, "in_join", STEPS, "holds.join_s=4", "cluster.weight_sync_join_s=20").start()
+    control = job.wait_for_step(2)
+    first = job.pid_of("rollout-0", control)
+    os.kill(first, signal.SIGKILL)
+    os.kill(job.pid_in_call("RolloutWorker.join_weight_sync", not_one_of={first}), signal.SIGKILL)  # back, joining
+    job.wait_for_step(int(control.run_info()["step"]) + 1, timeout_s=150)
+    assert job.wait() == 0, job.tail()
+    rows = assert_every_step_once_and_audit_clean(job)
+    assert rows[-1]["system/recoveries"] >= 1
+    assert "lost while joining the weight-sync group" in (job.run_dir / "train.log").read_text()
+
+
 def test_rollout_worker_killed_five_times_within_a_restart_window(tmp_path):
     """The restart budget is a rate: 2 per 8 s here, and 5 kills spaced 9 s apart all recover."""
     job = Job(tmp_path, "repeat", 200, "cluster.max_restarts=2", "cluster.restart_window_s=8", "holds.rollout_s=0.5")
