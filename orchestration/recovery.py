@@ -96,30 +96,37 @@ class Recovery:
 
     def broadcast_failed(self, err: Exception) -> None:
         """A weight broadcast failed: a dead learner rank is the learner's recovery (raised to `run_step`); else
-        a rollout worker died (maybe while idle, with no group in flight to notice it)."""
+        a rollout worker died (maybe while idle, with no group in flight to notice it). The group is broken
+        either way: it is built again (without the dead) and the weights sent again."""
         if self._learner_died():
             raise err
-        self.workers_lost({"rollout": set(self.roles.rollout.live)})
+        if not self.workers_lost({"rollout": set(self.roles.rollout.live)}):
+            self.rollout_changed()
 
-    def workers_lost(self, suspects: dict[str, set[int]]) -> None:
+    def workers_lost(self, suspects: dict[str, set[int]]) -> bool:
         """A call on these workers failed (their groups are already queued again): the ones that are dead are
         taken out of their pool until Ray has restarted them (`poll_pools` takes them back). The job goes on
-        with the live ones: the weight-sync group is rebuilt without the lost rollout workers."""
-        self.spend("rollout/reward worker lost")
+        with the live ones: the weight-sync group is rebuilt without the lost rollout workers. A worker already
+        taken out (one death, noticed twice) costs nothing more. -> whether the group was rebuilt"""
         pools = {name: self.roles.pool(name) for name in suspects}  # (a worker removed by a scale-down is no suspect)
         lost = {
-            name: [s for s in sorted(slots) if s in pools[name].slots and not pools[name].check(s)]
+            name: [s for s in sorted(slots) if s in pools[name].live and not pools[name].check(s)]
             for name, slots in suspects.items()
         }
+        if not any(lost.values()):
+            return False
+        self.spend("rollout/reward worker lost")
         for name, slots in lost.items():
-            pool = self.roles.pool(name)
             for slot in slots:
+                pool = pools[name]
                 log.warning(
                     "%s lost: its groups go back to the queue (%d/%d live)", pool.name_of(slot), len(pool), pool.wanted
                 )
         self.control.update_run(waiting=self.roles.waiting())
         if lost.get("rollout"):
             self.rollout_changed()
+            return True
+        return False
 
     def poll_pools(self) -> None:
         """Workers that came up (restarted where their bundle was re-placed, or added by a scale command) get

@@ -52,6 +52,7 @@ class Trainer:
         self.evaluation = Evaluation(cfg, run_dir)  # held-out prompts, scored against the starting policy
         self.step = 0  # the next learner step
         self.version = 0  # the learner's policy version (the learner owns it; this mirrors its last answer)
+        self.learner_busy = False  # a learner step is in flight
         self.recovery = Recovery(cfg, roles, control, run_dir, run=self)
         self.weights = WeightBroadcast(roles, on_failure=self.recovery.broadcast_failed)
         self.pipeline = self._new_pipeline(next_index=0, requeued=[])  # replaced by `restore`
@@ -81,8 +82,17 @@ class Trainer:
             next_index=next_index,
             requeued=requeued,
             on_workers_lost=self.recovery.workers_lost,
-            on_tick=self.recovery.poll_pools,
+            on_tick=self._watch_workers,
         )
+
+    def _watch_workers(self) -> None:
+        """While the pipeline waits: workers that came up join; and while it waits for groups, a weight receive
+        that failed is recovered from now, not at the next publish, which may never come (a worker waits for
+        that version, and a dead worker that was idle fails no call). During a learner step that waits for the
+        publish after it: the recovery asks the learner whether it lives, which a busy learner answers late."""
+        if not self.learner_busy:
+            self.weights.poll()
+        self.recovery.poll_pools()
 
     @contextmanager
     def timed(self, phase: str):
@@ -168,9 +178,12 @@ class Trainer:
     def train(self, batch: list[GroupInFlight]) -> TrainedStep:
         """Every learner rank trains on its share of `batch` (orchestration/learner_step.py) while the pools
         are kept fed."""
-        start = time.monotonic()
+        start, self.learner_busy = time.monotonic(), True
         learners, wait = self.roles.learner.actors, lambda refs: self.pipeline.wait(refs, self.version)
-        trained = train_on_ranks(learners, batch, self.version, wait)
+        try:
+            trained = train_on_ranks(learners, batch, self.version, wait)
+        finally:
+            self.learner_busy = False
         self.report.learner_busy_s += time.monotonic() - start
         return trained
 

@@ -12,6 +12,7 @@ from flexgrpo.records import WeightUpdate
 from orchestration.roles import Roles
 
 log = logging.getLogger("flexgrpo")
+FAILED = (ray.exceptions.RayActorError, ray.exceptions.RayTaskError)  # a receive or a send that failed
 
 
 class WeightBroadcast:
@@ -32,24 +33,34 @@ class WeightBroadcast:
 
         learners = self.roles.learner.actors
         try:
-            self.check()
+            self._check()
             header = ray.get(learners[0].weight_header.remote(ema))
             self.receiving += [  # receiving before the learner sends: a ring snapshot needs the wire to move
                 w.receive_weights.options(concurrency_group=WEIGHTS_THREAD).remote(header)
                 for w in self.roles.rollout.actors
             ]
             ray.get([a.publish_weights.remote(header) for a in learners])
-        except (ray.exceptions.RayActorError, ray.exceptions.RayTaskError) as err:
-            log.warning("a weight broadcast failed: %s", str(err).splitlines()[0])
-            self.receiving = []
-            self.on_failure(err)
+        except FAILED as err:
+            self._failed(err)
             return None
         return header
 
-    def check(self) -> None:
+    def poll(self) -> None:
+        """Forget the receives that finished; if one failed, recover now (`on_failure`)."""
+        try:
+            self._check()
+        except FAILED as err:
+            self._failed(err)
+
+    def _check(self) -> None:
         """Forget the receives that finished; re-raise the first that failed (a dead worker)."""
         done, self.receiving = ray.wait(self.receiving, num_returns=len(self.receiving), timeout=0)
         ray.get(done)
+
+    def _failed(self, err: Exception) -> None:
+        log.warning("a weight broadcast failed: %s", str(err).splitlines()[0])
+        self.receiving = []
+        self.on_failure(err)
 
     def forget(self) -> None:
         """After a recovery rebuilt the weight-sync group: the old receives no longer matter."""
