@@ -37,6 +37,10 @@ class _ReceivedCopy:
     fresh: bool = False  # received since the worker last loaded it into its parameters
 
 
+class Superseded(RuntimeError):
+    """A call of an older timeline: the learner was restored from a checkpoint since it was made."""
+
+
 class RolloutWorker(Heartbeating):
     def __init__(
         self,
@@ -61,14 +65,16 @@ class RolloutWorker(Heartbeating):
         self._ema = _ReceivedCopy()  # the newest EMA of the weights received, for evaluation only
         self._staged = threading.Condition()  # guards _staging and _ema
         self._sync: WeightSyncGroup | None = None
+        self._timeline = 0  # the newest timeline seen; calls of an older one are void (`start_timeline`)
 
     def ready(self) -> int:
         """Answers once the actor is up (after a restart too); returns its current version."""
         return self.version
 
-    def sample(self, group: PromptGroup, min_version: int = 0) -> tuple[TrajectoryGroup, MediaGroup]:
-        """Sample one group with the newest weights received, waiting until they are at least `min_version`."""
-        self._switch_weights(min_version)
+    def sample(self, group: PromptGroup, min_version: int = 0, timeline: int = 0) -> tuple[TrajectoryGroup, MediaGroup]:
+        """Sample one group with the newest weights received, waiting until they are at least `min_version`;
+        raises Superseded if a newer `timeline` starts meanwhile (or had started)."""
+        self._switch_weights(min_version, timeline)
         out = sample_group(self.policy, group, self.sampler_cfg, run_seed=self.run_seed, policy_version=self.version)
         if self.hold_s:
             time.sleep(self.hold_s)  # benchmarks and tests: stands in for a GPU-bound sampler, leaving the CPU free
@@ -116,11 +122,26 @@ class RolloutWorker(Heartbeating):
             self._staged.notify_all()
         return header.version
 
-    @torch.no_grad()
-    def _switch_weights(self, min_version: int) -> None:
-        """Between groups: load the newest staged weights, waiting for `min_version` to arrive if need be."""
+    def start_timeline(self, timeline: int) -> None:
+        """The learner was restored from a checkpoint (call it in the weights thread): the calls of older
+        timelines, which may wait for versions the restored learner reaches only after groups they hold up, are
+        void from now (Superseded), those running and those queued."""
         with self._staged:
-            self._wait_for(lambda: max(self.version, self._staging.version), min_version, "policy version")
+            self._timeline = max(self._timeline, timeline)
+            self._staged.notify_all()
+
+    @torch.no_grad()
+    def _switch_weights(self, min_version: int, timeline: int | None = None) -> None:
+        """Between groups: load the newest staged weights, waiting for `min_version` to arrive if need be (a
+        call of `timeline` gives up once a newer one starts)."""
+        with self._staged:
+            if timeline is not None:
+                self._timeline = max(self._timeline, timeline)
+                self._staged.notify_all()
+            void = (lambda: self._timeline > timeline) if timeline is not None else (lambda: False)
+            self._wait_for(lambda: max(self.version, self._staging.version), min_version, "policy version", void)
+            if void():
+                raise Superseded(f"a sample of timeline {timeline} (v{min_version}) after the learner was restored")
             if self._staging.fresh:  # the last weights received win, also an older version after a rollback
                 self._load(self._staging.buffers)
                 self.version, self._staging.fresh = self._staging.version, False
@@ -143,9 +164,11 @@ class RolloutWorker(Heartbeating):
         for name, param in self.params.items():
             param.copy_(weights[name])
 
-    def _wait_for(self, held: Callable[[], int], version: int, what: str) -> None:
-        """Under `_staged`: wait until `held()` >= `version`, at most `version_timeout_s`."""
-        if not self._staged.wait_for(lambda: held() >= version, timeout=self.version_timeout_s):
+    def _wait_for(
+        self, held: Callable[[], int], version: int, what: str, void: Callable[[], bool] = lambda: False
+    ) -> None:
+        """Under `_staged`: wait until `held()` >= `version` (or the call is `void`), at most `version_timeout_s`."""
+        if not self._staged.wait_for(lambda: held() >= version or void(), timeout=self.version_timeout_s):
             raise TimeoutError(
                 f"rollout worker waited {self.version_timeout_s:.0f} s for {what} {version}; it holds {held()}"
             )

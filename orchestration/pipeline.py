@@ -99,13 +99,16 @@ class GroupPipeline:
         steps_left: int,
         next_index: int = 0,
         requeued: list[int] = (),
+        timeline: int = 0,
         on_workers_lost: Callable[[dict[str, set[int]]], None],
         on_tick: Callable[[], None],
     ) -> None:
-        """on_workers_lost({pool: slots}): called after samples or scores failed because their actor or their
+        """timeline: the learner restores so far (a sample call of an older one is void on the workers).
+        on_workers_lost({pool: slots}): called after samples or scores failed because their actor or their
         objects died (the groups are already queued again), with the workers that may be dead. on_tick: called
         at every wait for progress (the pools take back workers that came up)."""
         self.roles, self.cfg, self.prompts, self.seed, self.control = roles, cfg, prompts, seed, control
+        self.timeline = timeline
         self.on_workers_lost, self.on_tick = on_workers_lost, on_tick
         self.groups_wanted = steps_left * cfg.groups_per_step  # groups the learner will still train
         self.next_index = next_index  # first index never admitted
@@ -145,7 +148,7 @@ class GroupPipeline:
     def _start(self, index: int, worker: int, reward_worker: int, learner_version: int) -> PromptGroup:
         group = prompt_group(self.prompts, index, group_size=self.cfg.group_size, seed=self.seed)
         rollout = self.roles.rollout.actor(worker)
-        trajectory, media = rollout.sample.options(num_returns=2).remote(group, learner_version)
+        trajectory, media = rollout.sample.options(num_returns=2).remote(group, learner_version, self.timeline)
         score = self.roles.reward.actor(reward_worker).score.remote(media)
         self.inflight[group.group_id] = GroupInFlight(group, index, worker, reward_worker, trajectory, media, score)
         return group

@@ -53,6 +53,7 @@ class Trainer:
         self.step = 0  # the next learner step
         self.version = 0  # the learner's policy version (the learner owns it; this mirrors its last answer)
         self.learner_busy = False  # a learner step is in flight
+        self.timeline = 0  # restores so far: the sample calls made before the last one are void on the workers
         self.recovery = Recovery(cfg, roles, control, run_dir, run=self)
         self.weights = WeightBroadcast(roles, on_failure=self.recovery.broadcast_failed)
         self.pipeline = self._new_pipeline(next_index=0, requeued=[])  # replaced by `restore`
@@ -81,6 +82,7 @@ class Trainer:
             steps_left=self.cfg.run.num_steps - self.step,
             next_index=next_index,
             requeued=requeued,
+            timeline=self.timeline,
             on_workers_lost=self.recovery.workers_lost,
             on_tick=self._watch_workers,
         )
@@ -252,6 +254,18 @@ class Trainer:
                 "ledger: %d groups trained before step %d settled (counted, their records folded)", settled, before
             )
 
+    def _start_timeline(self) -> None:
+        """The sample calls of the pipeline being replaced are void: one may wait for a version the restored
+        learner reaches only after the groups it holds up (a dead worker's calls died with it)."""
+        from actors.rollout_worker import WEIGHTS_THREAD
+
+        self.timeline += 1
+        for worker in self.roles.rollout.actors:
+            try:
+                ray.get(worker.start_timeline.options(concurrency_group=WEIGHTS_THREAD).remote(self.timeline))
+            except LOST:
+                pass
+
     def _save_roles(self, folder: Path) -> None:
         ray.get([a.save_checkpoint.remote(str(folder / "learner")) for a in self.roles.learner.actors])
         if self.cfg.policy.lora.enabled:
@@ -271,6 +285,7 @@ class Trainer:
             self.operator.restore_workers(self.roles.reward.actors)
         requeued = [int(group_id.removeprefix("g")) for group_id in self.control.ledger_rollback(self.step)]
         next_index = max([state.next_index, *(i + 1 for i in requeued)])
+        self._start_timeline()
         self.pipeline = self._new_pipeline(next_index=next_index, requeued=requeued)
         self.logger.forget_from(self.step)
         self.control.forget_metrics_from(self.step)
