@@ -159,18 +159,23 @@ def connect_weight_sync(roles: Roles, timeout_s: float) -> list[int]:
     it; the members of the broken rendezvous give up within `timeout_s` (`cluster.weight_sync_join_s`).
     -> the slots of the rollout workers lost so"""
     lost_in_all = []
-    while lost := _join_weight_sync(roles, timeout_s):
+    while True:
+        lost, port_taken = _join_weight_sync(roles, timeout_s)
+        if not lost and not port_taken:
+            return lost_in_all
+        if port_taken:  # another process bound the chosen port before the learner did: a new one
+            log.warning("the weight-sync rendezvous port was taken before the learner bound it: another port")
         for slot in lost:
             roles.rollout.lost(slot)
         names = ", ".join(roles.rollout.name_of(s) for s in lost)
         log.warning("%s lost while joining the weight-sync group: building it again without them", names)
         lost_in_all += lost
-    return lost_in_all
 
 
-def _join_weight_sync(roles: Roles, timeout_s: float) -> list[int]:
+def _join_weight_sync(roles: Roles, timeout_s: float) -> tuple[list[int], bool]:
     """One rendezvous of learner rank 0 and the live rollout workers. -> the slots of the workers lost in it
-    (once the others gave up on them); raises what else fails, a dead learner rank included."""
+    (once the others gave up on them), and whether the learner found its port taken; raises what else fails,
+    a dead learner rank included."""
     from actors.rollout_worker import WEIGHTS_THREAD
     from cluster.ray_cluster import LOST
 
@@ -185,8 +190,8 @@ def _join_weight_sync(roles: Roles, timeout_s: float) -> list[int]:
         .remote(host, port, 1 + i, world, timeout_s): slot
         for i, slot in enumerate(slots)
     }
-    pending, lost = [learner, *joins], []
-    while pending and not lost:
+    pending, lost, port_taken = [learner, *joins], [], False
+    while pending and not lost and not port_taken:
         done, pending = ray.wait(pending, num_returns=1)
         try:
             ray.get(done[0])
@@ -194,7 +199,11 @@ def _join_weight_sync(roles: Roles, timeout_s: float) -> list[int]:
             if done[0] == learner:
                 raise
             lost.append(joins[done[0]])
-    if lost:  # the others wait out the rendezvous (their next calls queue behind it); what they raise is expected
+        except Exception as err:
+            if done[0] != learner or "EADDRINUSE" not in str(err):
+                raise
+            port_taken = True
+    if lost or port_taken:  # the others wait out the broken rendezvous (their next calls queue behind it)
         for ref in ray.wait(pending, num_returns=len(pending), timeout=timeout_s + 60)[0]:
             try:
                 ray.get(ref)
@@ -204,4 +213,4 @@ def _join_weight_sync(roles: Roles, timeout_s: float) -> list[int]:
                 lost.append(joins[ref])
             except Exception:  # noqa: BLE001  the rendezvous' timeout, for want of the lost members
                 pass
-    return lost
+    return lost, port_taken
