@@ -136,8 +136,7 @@ class RolloutWorker(Heartbeating):
         call of `timeline` gives up once a newer one starts)."""
         with self._staged:
             if timeline is not None:
-                self._timeline = max(self._timeline, timeline)
-                self._staged.notify_all()
+                self.start_timeline(timeline)  # (the condition's lock is reentrant)
             void = (lambda: self._timeline > timeline) if timeline is not None else (lambda: False)
             self._wait_for(lambda: max(self.version, self._staging.version), min_version, "policy version", void)
             if void():

@@ -165,11 +165,12 @@ def connect_weight_sync(roles: Roles, timeout_s: float) -> list[int]:
             return lost_in_all
         if port_taken:  # another process bound the chosen port before the learner did: a new one
             log.warning("the weight-sync rendezvous port was taken before the learner bound it: another port")
-        for slot in lost:
-            roles.rollout.lost(slot)
-        names = ", ".join(roles.rollout.name_of(s) for s in lost)
-        log.warning("%s lost while joining the weight-sync group: building it again without them", names)
-        lost_in_all += lost
+        if lost:
+            for slot in lost:
+                roles.rollout.lost(slot)
+            names = ", ".join(roles.rollout.name_of(s) for s in lost)
+            log.warning("%s lost while joining the weight-sync group: building it again without them", names)
+            lost_in_all += lost
 
 
 def _join_weight_sync(roles: Roles, timeout_s: float) -> tuple[list[int], bool]:
