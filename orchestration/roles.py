@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -78,32 +79,38 @@ def build_roles(cfg: Config, control: ControlPlane | None = None) -> Roles:
 
     c, holds = cfg.cluster, cfg.holds
     held = holds.rollout_workers  # (None: every worker, those added later too)
-    rollout = WorkerPool(
-        c.rollout,
-        name="rollout",
-        cls=RolloutWorker,
-        args=(cfg.policy, cfg.sampler),
-        kwargs_for=lambda slot: {
-            "run_seed": cfg.run.seed,
-            "hold_s": holds.rollout_s if held is None or slot in held else 0.0,
-            "join_hold_s": holds.join_s,
-        },
-        concurrency_groups={WEIGHTS_THREAD: 1},  # weights arrive while a group is being sampled
-    )
-    reward = WorkerPool(
-        c.reward,
-        name="reward",
-        cls=RewardWorker,
-        args=(cfg.rewards,),
-        kwargs_for=lambda slot: {"eval_specs": cfg.eval.rewards, "hold_s": holds.reward_s},
-        max_concurrency=REWARD_CALLS_AT_ONCE,
-    )
-    roles = Roles(rollout, reward, spawn_learner(cfg))
-    for pool in (rollout, reward):
-        pool.wait_live(c.start_timeout_s)
-    connect_weight_sync(roles, c.weight_sync_join_s)
-    if control is not None:
-        start_heartbeats(roles.members(), control)
+    with ExitStack() as built:  # a start that fails part way leaves no actor or placement group behind
+        rollout = WorkerPool(
+            c.rollout,
+            name="rollout",
+            cls=RolloutWorker,
+            args=(cfg.policy, cfg.sampler),
+            kwargs_for=lambda slot: {
+                "run_seed": cfg.run.seed,
+                "hold_s": holds.rollout_s if held is None or slot in held else 0.0,
+                "join_hold_s": holds.join_s,
+            },
+            concurrency_groups={WEIGHTS_THREAD: 1},  # weights arrive while a group is being sampled
+        )
+        built.callback(rollout.shutdown)
+        reward = WorkerPool(
+            c.reward,
+            name="reward",
+            cls=RewardWorker,
+            args=(cfg.rewards,),
+            kwargs_for=lambda slot: {"eval_specs": cfg.eval.rewards, "hold_s": holds.reward_s},
+            max_concurrency=REWARD_CALLS_AT_ONCE,
+        )
+        built.callback(reward.shutdown)
+        learner = spawn_learner(cfg)
+        built.callback(learner.shutdown)
+        roles = Roles(rollout, reward, learner)
+        for pool in (rollout, reward):
+            pool.wait_live(c.start_timeout_s)
+        connect_weight_sync(roles, c.weight_sync_join_s)
+        if control is not None:
+            start_heartbeats(roles.members(), control)
+        built.pop_all()  # started: the caller shuts the roles down
     return roles
 
 
