@@ -11,13 +11,16 @@ from pathlib import Path
 
 import psutil
 
-from flexgrpo.control_plane import ControlPlane
+from flexgrpo.control_plane import ControlPlane, ControlPlaneUnavailable
 
 FLEXGRPO = str(Path(sys.executable).with_name("flexgrpo"))
 
 
 class Job:
-    """One `flexgrpo train` process tree on a run directory, and the run's control plane."""
+    """One `flexgrpo train` process tree on a run directory, and the run's control plane. A job a test left
+    running is ended after the test (`end_leftovers`, from conftest)."""
+
+    started: list[Job] = []
 
     def __init__(self, out: Path, name: str, steps: int, *overrides: str) -> None:
         self.run_dir, self.log = out / name, out / f"{name}.log"
@@ -39,7 +42,16 @@ class Job:
         env = (env or os.environ) | {"RAY_AUTH_MODE": "disabled"}
         with open(self.log, "ab") as log:
             self.process = subprocess.Popen(self.args, stdout=log, stderr=subprocess.STDOUT, env=env)
+        Job.started.append(self)
         return self
+
+    @classmethod
+    def end_leftovers(cls) -> None:
+        """End every job still running, with all it started (a failed test must not load the next ones)."""
+        while cls.started:
+            job = cls.started.pop()
+            if job.process.poll() is None:
+                kill_tree(job.process)
 
     def wait(self, timeout_s: float = 400) -> int:
         try:
@@ -59,9 +71,17 @@ class Job:
             time.sleep(0.2)
         return ControlPlane(url_file.read_text().strip(), self.run_dir.name, outage_timeout_s=60)
 
+    def info(self, control: ControlPlane) -> dict[str, str]:
+        """The run's registry entry; when its Redis stays unreachable, fails with the job's log (the job may
+        have ended, taking its embedded Redis with it)."""
+        try:
+            return control.run_info()
+        except ControlPlaneUnavailable as err:
+            raise AssertionError(f"{err}; job exit code {self.process.poll()}; log:\n{self.tail()}") from None
+
     def wait_for_step(self, step: int, timeout_s: float = 300) -> ControlPlane:
         control, deadline = self.control(), time.monotonic() + timeout_s
-        while int(control.run_info().get("step", 0)) < step:
+        while int(self.info(control).get("step", 0)) < step:
             assert time.monotonic() < deadline and self.process.poll() is None, self.tail()
             time.sleep(0.1)
         return control

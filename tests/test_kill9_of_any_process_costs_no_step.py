@@ -49,10 +49,10 @@ def test_job_survives_kill9_of_each_worker_and_of_redis(tmp_path):
         os.kill(pid, signal.SIGKILL)
         if victim != "redis":  # the kill is noticed and recovered from before the next victim is chosen
             deadline = time.monotonic() + 120
-            while int(control.run_info().get("recoveries", 0)) <= recoveries:
+            while int(job.info(control).get("recoveries", 0)) <= recoveries:
                 assert time.monotonic() < deadline and job.process.poll() is None, f"{victim}: {job.tail()}"
                 time.sleep(0.2)
-            recoveries = int(control.run_info()["recoveries"])
+            recoveries = int(job.info(control)["recoveries"])
     assert job.wait() == 0, job.tail()
     rows = assert_every_step_once_and_audit_clean(job)
     assert rows[-1]["system/recoveries"] >= 3
