@@ -77,10 +77,11 @@ class Recovery:
 
     def run_step(self, step: Callable[[], None]) -> None:
         """Run one learner step; if a learner rank dies on the way, replace the learner and resume from the latest
-        checkpoint (the step is then taken again from the restored position)."""
+        checkpoint (the step is then taken again from the restored position). The death may surface as another
+        role's task error: a rollout worker's receive fails first when the broadcasting rank is gone."""
         try:
             step()
-        except ray.exceptions.RayActorError as err:
+        except (ray.exceptions.RayActorError, ray.exceptions.RayTaskError) as err:
             if not self._learner_died():
                 raise
             log.warning("a learner rank died (%s): restarting the learner from the latest checkpoint", err)
