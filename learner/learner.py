@@ -2,9 +2,10 @@
 
 One instance per DeepSpeed rank. `train_step` re-scores the recorded transitions under the current weights,
 applies the clipped GRPO loss (plus the KL to the reference when kl_beta > 0), accumulating gradients over
-samples and trained steps, and takes one optimizer step. Beside it: the trained weights and their EMA
-(trained_weights.py), publishing them to the actors (publishing.py), export (export.py), checkpoints
-(checkpointing.py); the learner's remote methods hand over to them.
+samples and trained steps, and takes one optimizer step. Beside it: re-scoring the recorded transitions
+(rescoring.py), the trained weights and their EMA (trained_weights.py), publishing them to the actors
+(publishing.py), export (export.py), checkpoints (checkpointing.py); the learner's remote methods hand over to
+them.
 """
 
 from __future__ import annotations
@@ -22,15 +23,16 @@ import torch
 from torch import Tensor
 
 from actors.policies import build_policy
-from actors.policies.base import adapter_disabled, batch_embeddings, guided_velocity, trainable_parameters
+from actors.policies.base import adapter_disabled, trainable_parameters
 from actors.samplers import get_sampler
 from flexgrpo.config import GRPOConfig, LearnerConfig, PolicyConfig, SamplerConfig
 from flexgrpo.heartbeat import Heartbeating
-from flexgrpo.records import PromptEmbedding, ScoredGroup, TrainedStep, TrajectoryGroup, WeightUpdate
+from flexgrpo.records import ScoredGroup, TrainedStep, TrajectoryGroup, WeightUpdate
 from learner import checkpointing
 from learner.export import export, save_lora
 from learner.grpo import decoupled_policy_loss, kl_to_reference, staleness_histogram, step_advantages
 from learner.publishing import WeightPublishing
+from learner.rescoring import rescore, transition_log_probs
 from learner.trained_weights import TrainedWeights
 
 
@@ -268,41 +270,12 @@ class GRPOLearner(Heartbeating):
         """Log-probs of every transition at the weights before this step's first update. -> [G, K] per group"""
         return [self.score_transitions(group).to(self.device) for group in groups]
 
-    @torch.no_grad()
     def score_transitions(self, group: TrajectoryGroup) -> Tensor:
         """Log-probs of the group's recorded transitions under the current weights. -> [G, K]"""
-        samples = [(0, i) for i in range(group.group_size)]
-        rows = []
-        for start in range(0, len(samples), self.micro_batch):
-            chunk = samples[start : start + self.micro_batch]
-            rows.append(
-                torch.stack(
-                    [
-                        self._rescore([group], chunk, k, model=self.engine)[0].log_prob
-                        for k in range(group.log_probs.shape[1])
-                    ],
-                    dim=1,
-                )
-            )
-        return torch.cat(rows).cpu()
+        return transition_log_probs(self.policy, self.step_fn, self.engine, group, self.micro_batch, self.device)
 
     def _rescore(self, groups: list[TrajectoryGroup], chunk: list[tuple[int, int]], k: int, model):
-        """Re-run step k of the samples in `chunk` under `model`, scoring the recorded next latents.
-        -> (the step's result, the behaviour log-probs [B] recorded while sampling)"""
-        d = self.device
-        x = torch.stack([groups[g].latents[i, k] for g, i in chunk]).to(d)  # [B, *latent]
-        x_next = torch.stack([groups[g].next_latents[i, k] for g, i in chunk]).to(d)  # [B, *latent]
-        sigma = torch.stack([groups[g].sigmas[i, k] for g, i in chunk]).to(d)  # [B]
-        next_sigma = torch.stack([groups[g].next_sigmas[i, k] for g, i in chunk]).to(d)  # [B]
-        cond = batch_embeddings([groups[g].cond for g, _ in chunk])
-        uncond = _batch_optional([groups[g].uncond for g, _ in chunk])
-        first = groups[chunk[0][0]]
-        v = guided_velocity(self.policy, model, x, sigma, cond, uncond, first.guidance_scale)
-        out = self.step_fn(
-            x, v, sigma, next_sigma, noise_level=first.noise_level, sigma_1=first.schedule_sigma_1, next_latents=x_next
-        )
-        behaviour = torch.stack([groups[g].log_probs[i, k] for g, i in chunk]).to(d)  # [B]
-        return out, behaviour
+        return rescore(self.policy, self.step_fn, model, groups, chunk, k, self.device)
 
     # ---- weights out: publishing, export, checkpoints (learner/publishing.py, export.py, checkpointing.py) ---
 
@@ -364,7 +337,3 @@ def _ranks_lost_any(lost_here: int, device: torch.device) -> bool:
     total = torch.tensor([lost_here], device=device)
     dist.all_reduce(total)
     return total.item() > 0
-
-
-def _batch_optional(embeddings: list[PromptEmbedding | None]) -> PromptEmbedding | None:
-    return None if embeddings[0] is None else batch_embeddings(embeddings)  # type: ignore[arg-type]

@@ -23,6 +23,7 @@ from flexgrpo.control_plane import ControlPlane, write_status_file
 from orchestration.checkpoints import latest_checkpoint
 from orchestration.evaluation import last_win_rates
 from orchestration.failures import describe_failure
+from orchestration.learner_files import save_final_weights
 from orchestration.ownership import RunOwnership
 from orchestration.reporting import MetricsLogger, read_metrics
 from orchestration.roles import build_roles, preflight
@@ -124,7 +125,7 @@ def train(cfg: Config) -> RunSummary:
         status = trainer.run()
         if status == "stopped" and signals.reason:
             control.update_run(stop_reason=signals.reason)
-        weights_dir = trainer.save_final_weights(run_dir) if trainer.learner_lost is None else None
+        weights_dir = save_final_weights(roles, cfg, run_dir) if trainer.learner_lost is None else None
         logger.plot_rewards()
     rows = read_metrics(run_dir)
     reward_means = [row["reward_mean"] for row in rows]

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import time
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 
 import ray
@@ -32,6 +33,7 @@ from orchestration.checkpoints import (
     write_checkpoint,
 )
 from orchestration.evaluation import Evaluation
+from orchestration.learner_files import save_learner_state
 from orchestration.learner_step import train_on_ranks
 from orchestration.operator import Operator, RewardSpecs
 from orchestration.pipeline import GroupInFlight, GroupPipeline
@@ -237,7 +239,12 @@ class Trainer:
         curve. The ledger position is the step: a resume rolls the ledger back to it."""
         with self.timed("checkpoint"):
             state = RunState(self.step, self.version, self.operator.specs.as_json(), self.pipeline.next_index)
-            folder, kept = write_checkpoint(self.run_dir, state, self._save_roles, keep=self.cfg.run.keep_checkpoints)
+            folder, kept = write_checkpoint(
+                self.run_dir,
+                state,
+                partial(save_learner_state, self.roles, self.cfg),
+                keep=self.cfg.run.keep_checkpoints,
+            )
         self.checkpointed_step = self.step
         self.operator.checkpoint_written(str(folder))
         self.logger.plot_rewards()
@@ -265,11 +272,6 @@ class Trainer:
                 ray.get(worker.start_timeline.options(concurrency_group=WEIGHTS_THREAD).remote(self.timeline))
             except LOST:
                 pass
-
-    def _save_roles(self, folder: Path) -> None:
-        ray.get([a.save_checkpoint.remote(str(folder / "learner")) for a in self.roles.learner.actors])
-        if self.cfg.policy.lora.enabled:
-            self.save_lora(folder / "lora")
 
     def restore(self, folder: Path | None) -> None:
         """Continue from a checkpoint (None: from the start): learner state, step, versions, the reward spec,
@@ -300,14 +302,3 @@ class Trainer:
             self.operator.specs.latest,
             len(requeued),
         )
-
-    def save_lora(self, folder: Path) -> Path:
-        return ray.get(self.roles.learner.actors[0].save_lora.remote(str(folder)))
-
-    def save_final_weights(self, run_dir: Path) -> Path:
-        """The trained weights as diffusers loads them: RUN_DIR/lora, or a full fine-tune's RUN_DIR/transformer
-        (the EMA when the learner keeps one; every rank takes part, as ZeRO-3 gathers)."""
-        if self.cfg.policy.lora.enabled:
-            return self.save_lora(run_dir / "lora")
-        folders = ray.get([a.export.remote(str(run_dir / "transformer")) for a in self.roles.learner.actors])
-        return folders[0]
