@@ -33,6 +33,7 @@ from orchestration.weights import WeightBroadcast
 
 log = logging.getLogger("flexgrpo")
 READY_TIMEOUT_S = 900
+LEARNER_ALIVE_S = 60.0
 
 
 class RestartBudgetExceeded(RuntimeError):
@@ -82,24 +83,30 @@ class Recovery:
         try:
             step()
         except (ray.exceptions.RayActorError, ray.exceptions.RayTaskError) as err:
-            if not self._learner_died():
+            if not self.learner_died():
                 raise
             log.warning("a learner rank died (%s): restarting the learner from the latest checkpoint", err)
             self.replace_learner()
 
-    def _learner_died(self) -> bool:
-        for actor in self.roles.learner.actors:
-            try:
-                ray.get(actor.ready.remote(), timeout=60)
-            except ray.exceptions.RayActorError:
-                return True
+    def learner_died(self) -> bool:
+        """Is a learner rank dead? Asked of every rank at once: a dead one answers at once, while a live rank may
+        be stuck in a collective with it (a busy rank is given LEARNER_ALIVE_S to answer, then counts as alive)."""
+        pending = [actor.ready.remote() for actor in self.roles.learner.actors]
+        deadline = time.monotonic() + LEARNER_ALIVE_S
+        while pending and (left := deadline - time.monotonic()) > 0:
+            answered, pending = ray.wait(pending, num_returns=1, timeout=left)
+            for answer in answered:
+                try:
+                    ray.get(answer)
+                except ray.exceptions.RayActorError:
+                    return True
         return False
 
     def broadcast_failed(self, err: Exception) -> None:
         """A weight broadcast failed: a dead learner rank is the learner's recovery (raised to `run_step`); else
         a rollout worker died (maybe while idle, with no group in flight to notice it). The group is broken
         either way: it is built again (without the dead) and the weights sent again."""
-        if self._learner_died():
+        if self.learner_died():
             raise err
         if not self.workers_lost({"rollout": set(self.roles.rollout.live)}):
             self.rollout_changed()
