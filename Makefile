@@ -25,7 +25,7 @@ train: $(STAMP)
 	$(VENV)/bin/flexgrpo train $(ARGS)
 
 test: $(STAMP)
-	$(VENV)/bin/python -m pytest -n $(TEST_WORKERS) --dist worksteal -m "not real_shapes" $(PYTEST_ARGS)
+	$(VENV)/bin/python -m pytest -n $(TEST_WORKERS) --dist worksteal -m "not real_shapes" --rerun-show-tracebacks $(PYTEST_ARGS)
 
 # The real recipes at their real widths, one after another (each holds ~8 GB): minutes each; .ci/run runs it too.
 test-real-shapes: $(STAMP)
