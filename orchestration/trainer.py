@@ -293,7 +293,7 @@ class Trainer:
         self.control.forget_metrics_from(self.step)
         self.checkpointed_step = self.step if folder is not None else -1
         self.weights.publish()
-        ray.get(self.weights.receiving)  # every worker holds the restored weights before a group is admitted
+        self.weights.wait_received()  # every worker holds the restored weights before a group is admitted
         log.info(
             "resumed from %s at step %d (policy v%d, reward v%d, %d groups queued again)",
             folder or "the start",

@@ -62,6 +62,13 @@ class WeightBroadcast:
         self.receiving = []
         self.on_failure(err)
 
+    def wait_received(self) -> None:
+        """Block until every rollout worker holds the published weights; a receive that failed (a worker lost
+        meanwhile) is recovered from (`on_failure` sends them again to the live workers) and waited for too."""
+        while self.receiving:
+            ray.wait(self.receiving, num_returns=len(self.receiving))
+            self.poll()
+
     def forget(self) -> None:
         """After a recovery rebuilt the weight-sync group: the old receives no longer matter."""
         self.receiving = []
