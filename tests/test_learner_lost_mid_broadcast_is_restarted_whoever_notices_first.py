@@ -32,4 +32,5 @@ def test_a_failed_receive_after_the_learner_died_restarts_the_learner(ray_local,
         assert run.recovery.count == 1
         learner = run.roles.learner.actors[0]
         assert learner != dead and ray.get(learner.ready.remote()) == 0  # restored to the start, weights sent
-        assert run.weights.receiving and ray.get(run.weights.receiving) is not None
+        assert not run.weights.receiving  # the rollout worker received the restored weights
+        assert ray.get(run.roles.rollout.actor(0).ready.remote()) == 0
