@@ -6,7 +6,8 @@ A worker is a slot, numbered for the life of the job (`rollout-3` is never reuse
   starting   its bundle waits for room in the cluster, or its actor is being built (or rebuilt on another node
              after its own died: Ray re-places the bundle of a lost node when capacity exists, and restarts the
              actor there, since pool actors have max_restarts=-1)
-  live       its actor answered `ready` since it last failed; the pipeline hands it work
+  live       its actor answered since it last failed; the pipeline hands it work (an actor found restarted
+             since then, its process new, is starting again: it joins like a new worker)
 
 The pool never blocks on a starting slot: `poll` reports the slots that came up since the last poll, and the
 job works with the live ones meanwhile (degraded, not stuck).
@@ -25,7 +26,7 @@ from ray.util.placement_group import PlacementGroup, placement_group, placement_
 from cluster.ray_cluster import PoolUnplaced, actor_options, remote_class, worker_bundle
 from flexgrpo.config import PoolConfig
 
-PROBE_EVERY_S = 1.0  # a starting slot whose actor refused a `ready` call (it is restarting) is asked again after this
+PROBE_EVERY_S = 1.0  # a starting slot whose actor refused to answer (it is restarting) is asked again after this
 BUSY_IS_ALIVE_S = 2.0  # `check`: an actor that neither answers nor fails within this is busy, hence alive
 
 
@@ -34,7 +35,8 @@ class Slot:
     actor: Any
     placement_group: PlacementGroup
     live: bool = False
-    probe: ray.ObjectRef | None = None  # an outstanding `ready` call while starting
+    probe: ray.ObjectRef | None = None  # an outstanding `incarnation` call while starting
+    incarnation: str | None = None  # the actor's process when it last came up (a restart changes it)
     probed_at: float = -float("inf")
 
 
@@ -130,11 +132,15 @@ class WorkerPool:
     def check(self, slot: int) -> bool:
         """Is the worker alive now? (a dead or restarting actor fails fast; a busy one is alive). Marks it lost
         when not."""
+        entry = self.slots[slot]
         try:
-            ray.get(self.slots[slot].actor.ready.remote(), timeout=BUSY_IS_ALIVE_S)
+            incarnation = ray.get(entry.actor.incarnation.remote(), timeout=BUSY_IS_ALIVE_S)
         except ray.exceptions.GetTimeoutError:
             return True
         except ray.exceptions.RayActorError:
+            self.lost(slot)
+            return False
+        if incarnation != entry.incarnation:  # Ray restarted it already: it must join again like a lost one
             self.lost(slot)
             return False
         return True
@@ -145,7 +151,7 @@ class WorkerPool:
         starting = [entry for entry in self.slots.values() if not entry.live]
         for entry in starting:
             if entry.probe is None and now - entry.probed_at >= PROBE_EVERY_S:
-                entry.probe, entry.probed_at = entry.actor.ready.remote(), now
+                entry.probe, entry.probed_at = entry.actor.incarnation.remote(), now
         probes = [entry.probe for entry in starting if entry.probe is not None]
         done = set(ray.wait(probes, num_returns=len(probes), timeout=0)[0]) if probes else set()
         became_live = []
@@ -153,7 +159,7 @@ class WorkerPool:
             if entry.live or entry.probe is None or entry.probe not in done:
                 continue
             try:
-                ray.get(entry.probe)
+                entry.incarnation = ray.get(entry.probe)
                 entry.live = True
                 became_live.append(slot)
             except ray.exceptions.RayActorError as err:  # restarting: ask again after PROBE_EVERY_S

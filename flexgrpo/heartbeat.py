@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import socket
 import time
+import uuid
 from urllib.parse import urlsplit
 
 from flexgrpo.control_plane.heartbeats import Heartbeat
 
 FIRST_BEAT_WAIT_S = 5.0  # how long a starting worker tries its first beat (a Redis restarting meanwhile comes back)
+PROCESS_INCARNATION = uuid.uuid4().hex  # this process's own: an actor Ray restarted answers with a new one
 
 
 class HeartbeatUnreachable(ConnectionError):
@@ -19,6 +21,11 @@ class Heartbeating:
     """Mixin of the role classes: after `start_heartbeat`, a daemon thread of the worker's own process beats."""
 
     _heartbeat: Heartbeat | None = None
+
+    def incarnation(self) -> str:
+        """Answers once the actor is up, with a token of its process: a worker pool tells an actor that Ray
+        restarted since it joined (its heartbeat, weights and reward spec lost) from one that never died."""
+        return PROCESS_INCARNATION
 
     def start_heartbeat(self, redis_url: str, run: str, name: str) -> None:
         """(Re)start this worker's heartbeat under `name` (e.g. rollout-0); a restarted actor calls it again.
