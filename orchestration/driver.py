@@ -72,6 +72,7 @@ class StopSignals:
 
     def __init__(self, trainer: Trainer) -> None:
         self.trainer, self.reason = trainer, None
+        self.interrupted: str | None = None  # what a second Ctrl-C raised
         self.previous: dict[int, object] = {}
 
     def __enter__(self) -> StopSignals:
@@ -79,15 +80,19 @@ class StopSignals:
         self.previous = {signum: signal.signal(signum, self.handle) for signum in ours}
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: type | None, exc: BaseException | None, tb: object) -> None:
         for signum, handler in self.previous.items():
             signal.signal(signum, handler)
+        if self.interrupted and isinstance(exc, KeyboardInterrupt) and str(exc) != self.interrupted:
+            # a signal landing in Ray's own wait comes out of it as a bare KeyboardInterrupt: say what it was
+            raise KeyboardInterrupt(self.interrupted) from exc
 
     def handle(self, signum: int, frame: object) -> None:
         name = self.NAMES[signum]
         if signum == signal.SIGINT and self.reason == name:
             signal.signal(signal.SIGINT, self.previous[signal.SIGINT])  # a third one interrupts the teardown
-            raise KeyboardInterrupt(f"{name} twice: stopped at once, without a final checkpoint")
+            self.interrupted = f"{name} twice: stopped at once, without a final checkpoint"
+            raise KeyboardInterrupt(self.interrupted)
         more = "; Ctrl-C again to stop now, without one" if signum == signal.SIGINT else ""
         log.warning("%s: checkpointing and stopping at the end of this step%s", name, more)
         self.reason = name
