@@ -30,6 +30,11 @@ class RewardSpecs:
     def latest(self) -> int:
         return max(self.versions)
 
+    @property
+    def training(self) -> list[str]:
+        """The names of the rewards the run trains on now (the latest spec's)."""
+        return [spec.name for spec in self.versions[self.latest]]
+
     def as_json(self) -> dict[str, list[dict]]:
         return {str(v): [asdict(r) for r in rs] for v, rs in self.versions.items()}
 
@@ -141,6 +146,13 @@ class Operator:
             except Exception as err:  # noqa: BLE001  (any failure inside a worker)
                 log.error("swap_reward failed in a reward worker: %s", err)
                 self.control.record_outcome(swap.command_id, "failed", str(err).splitlines()[0])
+
+    def restore(self, specs: dict[str, list[dict]]) -> None:
+        """The reward specs of a checkpoint (its run state's JSON); the reward workers get the latest one when
+        it is not the run's first."""
+        self.specs = RewardSpecs.from_json(self.cfg, specs)
+        if self.specs.latest:
+            self.restore_workers(self.reward_workers())
 
     def restore_workers(self, actors: list) -> None:
         """After a reward worker restarted: load the latest spec into every worker."""

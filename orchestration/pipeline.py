@@ -20,7 +20,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import ray
 
@@ -29,10 +29,25 @@ from flexgrpo.config import GRPOConfig
 from flexgrpo.control_plane import ControlPlane
 from flexgrpo.prompts import prompt_group
 from flexgrpo.records import PromptGroup, ScoredGroup
+from orchestration.pipeline_meters import POOLS, PipelineMeters
 from orchestration.roles import Roles
+from orchestration.worker_choice import WorkerChoice
 
 log = logging.getLogger("flexgrpo")
 SAMPLES_QUEUED_PER_WORKER = 2  # one group sampling, one waiting, so a worker never idles between groups
+
+
+def start_timeline(roles: Roles, timeline: int) -> None:
+    """The rollout workers' sample calls made before timeline `timeline` (the learner restores so far) are void:
+    one may wait for a version the restored learner reaches only after the groups it holds up (a dead worker's
+    calls died with it)."""
+    from actors.rollout_worker import WEIGHTS_THREAD
+
+    for worker in roles.rollout.actors:
+        try:
+            ray.get(worker.start_timeline.options(concurrency_group=WEIGHTS_THREAD).remote(timeline))
+        except LOST:
+            pass
 
 
 @dataclass
@@ -46,45 +61,6 @@ class GroupInFlight:
     score: ray.ObjectRef  # ScoredGroup
     sampled: bool = False
     scored: ScoredGroup | None = None
-
-
-@dataclass
-class PoolMeter:
-    """Per-pool figures between two reports: groups done, and the share of time the pool's workers had no work."""
-
-    done: int = 0
-    idle_worker_seconds: float = 0.0
-    since: float = field(default_factory=time.monotonic)
-
-    def take(self, workers: int) -> tuple[float, float]:
-        """-> (groups/s, idle fraction of `workers` live workers) since the last take; starts a new window."""
-        elapsed = max(1e-9, time.monotonic() - self.since)
-        out = (self.done / elapsed, min(1.0, self.idle_worker_seconds / (elapsed * max(1, workers))))
-        self.done, self.idle_worker_seconds, self.since = 0, 0.0, time.monotonic()
-        return out
-
-
-class WorkerChoice:
-    """Which live worker of a pool gets the next group: the one with the fewest calls outstanding; ties go to the
-    one given a group longest ago (a new one first), so work spreads over equally loaded workers."""
-
-    def __init__(self) -> None:
-        self._given: dict[str, dict[int, int]] = {"rollout": {}, "reward": {}}  # slot -> when it last got a group
-        self._handed = 0
-
-    def pick(self, pool: str, load: dict[int, int], limit: int | None = None) -> int | None:
-        """The worker to give the next group, from `load` (calls outstanding per live slot); None: no live
-        worker, or every one at `limit`."""
-        if not load:
-            return None
-        given = self._given[pool]
-        worker = min(load, key=lambda w: (load[w], given.get(w, -1), w))
-        return None if limit is not None and load[worker] >= limit else worker
-
-    def given(self, pool: str, worker: int) -> None:
-        """`worker` of `pool` was given a group."""
-        self._handed += 1
-        self._given[pool][worker] = self._handed
 
 
 class GroupPipeline:
@@ -114,10 +90,8 @@ class GroupPipeline:
         self.next_index = next_index  # first index never admitted
         self.requeued: deque[int] = deque(sorted(requeued))  # admitted before, lost to a crash: admitted first
         self.inflight: dict[str, GroupInFlight] = {}
-        self.dropped: dict[str, int] = {}  # reason -> groups dropped since the last report
-        self.meters = {"rollout": PoolMeter(), "reward": PoolMeter()}
+        self.meters = PipelineMeters()
         self.choice = WorkerChoice()
-        self._last_tick = time.monotonic()
 
     # ---- admission --------------------------------------------------------------------------------------
 
@@ -199,7 +173,7 @@ class GroupPipeline:
         done, _ = ray.wait(refs + list(also), num_returns=1, timeout=timeout_s, fetch_local=False)
         if done:  # take everything ready now, so the groups of one dead worker cost one recovery
             done, _ = ray.wait(refs + list(also), num_returns=len(refs) + len(also), timeout=0, fetch_local=False)
-        self._tick()
+        self.meters.tick({pool: sum(n == 0 for n in self._load(pool).values()) for pool in POOLS})
         self.on_tick()
         lost = []
         for ref in done:
@@ -208,7 +182,7 @@ class GroupPipeline:
                 continue
             if not group.sampled:
                 group.sampled = True  # (or failed: then its score fails too, and is handled there)
-                self.meters["rollout"].done += 1
+                self.meters.pools["rollout"].done += 1
                 continue
             try:
                 group.scored = ray.get(ref)  # small: rewards and the judges' parsed replies
@@ -216,7 +190,7 @@ class GroupPipeline:
                 log.warning("group %s lost with its worker or node (%s)", group.group.group_id, type(err).__name__)
                 lost.append(group)
                 continue
-            self.meters["reward"].done += 1
+            self.meters.pools["reward"].done += 1
             self.control.ledger_sampled(
                 group.group.group_id, f"rollout-{group.rollout_worker}", group.scored.policy_version
             )
@@ -243,13 +217,6 @@ class GroupPipeline:
         ]
         self.give_back(owed)
 
-    def _tick(self) -> None:
-        """Accumulate idle worker-time since the last event (a worker with no call outstanding is idle)."""
-        now = time.monotonic()
-        dt, self._last_tick = now - self._last_tick, now
-        for pool, meter in self.meters.items():
-            meter.idle_worker_seconds += dt * sum(1 for n in self._load(pool).values() if n == 0)
-
     # ---- leaving the pipeline ---------------------------------------------------------------------------
 
     def trained(self, groups: list[GroupInFlight], step: int) -> None:
@@ -261,7 +228,7 @@ class GroupPipeline:
 
     def drop(self, group: GroupInFlight, reason: str) -> None:
         del self.inflight[group.group.group_id]
-        self.dropped[reason] = self.dropped.get(reason, 0) + 1
+        self.meters.dropped[reason] = self.meters.dropped.get(reason, 0) + 1
         self.control.ledger_dropped(group.group.group_id, reason)
         log.info("dropped group %s (%s)", group.group.group_id, reason)
 
@@ -271,20 +238,10 @@ class GroupPipeline:
             self.drop(g, "run_end")
 
     def report(self) -> dict[str, float]:
-        """Pool throughput, queue depths and idle fractions since the last report; groups dropped."""
-        metrics: dict[str, float] = {}
-        for pool, meter in self.meters.items():
-            workers = self.roles.pool(pool)
-            metrics[f"{pool}/groups_per_s"], metrics[f"{pool}/idle_frac"] = meter.take(len(workers))
-            metrics[f"{pool}/workers_live"], metrics[f"{pool}/workers_wanted"] = (
-                float(len(workers)),
-                float(workers.wanted),
-            )
+        """The pools' figures since the last report (orchestration/pipeline_meters.py) and the queue depths now."""
         groups = self.inflight.values()
-        metrics["rollout/queue_depth"] = float(sum(not g.sampled for g in groups))
-        metrics["reward/queue_depth"] = float(sum(g.sampled and g.scored is None for g in groups))
-        metrics["learner/queue_depth"] = float(sum(g.scored is not None for g in groups))
-        for reason, count in self.dropped.items():
-            metrics[f"rollout/dropped_{reason}"] = float(count)
-        self.dropped = {}
-        return metrics
+        return self.meters.report(self.roles) | {
+            "rollout/queue_depth": float(sum(not g.sampled for g in groups)),
+            "reward/queue_depth": float(sum(g.sampled and g.scored is None for g in groups)),
+            "learner/queue_depth": float(sum(g.scored is not None for g in groups)),
+        }

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import ray
@@ -29,6 +31,14 @@ class StepReport:
         self.learner_busy_s = 0.0  # time the learner trained since the last step's figures
         self._since = time.monotonic()
         self._status_written = -float("inf")  # when status.json was last written
+        self.timings: dict[str, float] = {}  # `timing/<phase>` -> seconds, of the step in progress
+
+    @contextmanager
+    def timed(self, phase: str) -> Iterator[None]:
+        """Time a phase of the step in progress (or a checkpoint) as `timing/<phase>`."""
+        start = time.perf_counter()
+        yield
+        self.timings[f"timing/{phase}"] = time.perf_counter() - start
 
     def figures(self, scored: list[ScoredGroup], pools: dict[str, float], recoveries: int, version: int) -> dict:
         """The step's reward figures, the pools' (`pools`: the pipeline's report) and the learner's idle share
@@ -45,6 +55,12 @@ class StepReport:
                 "learner/idle_frac": idle,
             }
         )
+
+    def wants_grid(self, step: int, stopping: bool) -> bool:
+        """Whether step `step` logs a sample grid: the first and last steps, the last before a stop, and every
+        `logging.sample_grid_every` steps."""
+        every = self.cfg.logging.sample_grid_every
+        return step == 0 or step == self.cfg.run.num_steps - 1 or stopping or (every > 0 and step % every == 0)
 
     def report(self, step: int, version: int, metrics: dict[str, float], batch: list[GroupInFlight], grid: bool):
         """Step `step`'s metrics everywhere they go; with `grid`, a sample grid with the judges' parsed replies."""

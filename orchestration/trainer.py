@@ -5,41 +5,33 @@
   commit   the step's groups are marked trained in the ledger, together with the step number
   publish  rank 0 starts broadcasting the new version; workers switch to it between groups (never waited for)
 
-Around it: operator commands, checkpoints, evaluation, reporting, and the recovery of dead actors. The ranks'
-share of a step is orchestration/learner_step.py; where the step's figures go, orchestration/step_report.py.
+Around it, each in a module of its own: the ranks' share of a step (learner_step.py), operator commands
+(operator.py), checkpoints and going back to one (run_checkpoints.py), evaluation (eval_schedule.py), where the
+step's figures go (step_report.py), and the recovery of dead actors (recovery.py).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from contextlib import contextmanager
-from functools import partial
 from pathlib import Path
 
-import ray
 from tqdm import tqdm
 
-from cluster.ray_cluster import LOST
 from flexgrpo.config import Config
 from flexgrpo.control_plane import ControlPlane
 from flexgrpo.prompts import load_prompts
-from flexgrpo.records import MediaGroup, TrainedStep
+from flexgrpo.records import TrainedStep
 from orchestration.autoscaling import Autoscaler
-from orchestration.checkpoints import (
-    RunState,
-    checkpoint_step,
-    read_run_state,
-    write_checkpoint,
-)
-from orchestration.evaluation import Evaluation
-from orchestration.learner_files import save_learner_state
+from orchestration.checkpoints import RunState
+from orchestration.eval_schedule import EvalSchedule
 from orchestration.learner_step import train_on_ranks
 from orchestration.operator import Operator, RewardSpecs
-from orchestration.pipeline import GroupInFlight, GroupPipeline
+from orchestration.pipeline import GroupInFlight, GroupPipeline, start_timeline
 from orchestration.recovery import LearnerUnavailable, Recovery
 from orchestration.reporting import MetricsLogger
 from orchestration.roles import Roles
+from orchestration.run_checkpoints import RunCheckpoints
 from orchestration.scaling import scale_pool
 from orchestration.step_report import StepReport
 from orchestration.weights import WeightBroadcast
@@ -51,13 +43,14 @@ class Trainer:
     def __init__(self, cfg: Config, roles: Roles, control: ControlPlane, logger: MetricsLogger, run_dir: Path):
         self.cfg, self.roles, self.control, self.logger, self.run_dir = cfg, roles, control, logger, run_dir
         self.prompts = load_prompts(cfg.prompts)  # the run's prompt stream (every pipeline draws from it)
-        self.evaluation = Evaluation(cfg, run_dir)  # held-out prompts, scored against the starting policy
         self.step = 0  # the next learner step
         self.version = 0  # the learner's policy version (the learner owns it; this mirrors its last answer)
         self.learner_busy = False  # a learner step is in flight
         self.timeline = 0  # restores so far: the sample calls made before the last one are void on the workers
         self.recovery = Recovery(cfg, roles, control, run_dir, run=self)
         self.weights = WeightBroadcast(roles, on_failure=self.recovery.broadcast_failed)
+        self.evals = EvalSchedule(cfg, roles, self.weights, logger, run_dir, self.recovery.workers_lost)
+        self.checkpoints = RunCheckpoints(cfg, roles, control, logger, run_dir)
         self.pipeline = self._new_pipeline(next_index=0, requeued=[])  # replaced by `restore`
         self.operator = Operator(
             cfg,
@@ -68,10 +61,8 @@ class Trainer:
             scale=self.scale,
         )
         self.autoscaler = Autoscaler.from_config(cfg.cluster)  # None: pools change by command only
-        self.timings: dict[str, float] = {}
         self.report = StepReport(cfg, roles, control, logger, run_dir)
         self.checkpointed_step = -1  # next step of the newest checkpoint written by this trainer
-        self.baseline: dict[str, float] = {}  # the evaluation before training, logged with the first step
         self.learner_lost: str | None = None  # why the job stopped without a learner (then nothing more is saved)
 
     def _new_pipeline(self, *, next_index: int, requeued: list[int]) -> GroupPipeline:
@@ -98,22 +89,13 @@ class Trainer:
             self.weights.poll()
         self.recovery.poll_pools()
 
-    @contextmanager
-    def timed(self, phase: str):
-        start = time.perf_counter()
-        yield
-        self.timings[f"timing/{phase}"] = time.perf_counter() - start
-
     # ---- the loop ---------------------------------------------------------------------------------------
 
     def run(self) -> str:
         """Train until `run.num_steps` or a stop; -> the final status ("finished" or "stopped")."""
         cfg = self.cfg
         self.control.update_run(status="running")
-        if cfg.eval.every > 0 or cfg.eval.before_training:
-            start_samples = self.evaluation.prepare(self.roles.rollout.actors, self.step)
-            if cfg.eval.before_training and self.step == 0:  # the starting policy against itself
-                self.baseline = self.evaluate(prefix="eval_before", samples=start_samples)
+        self.evals.start(self.step, self.version, self.operator.specs.training)
         with tqdm(total=cfg.run.num_steps, initial=self.step, desc="grpo", unit="step", dynamic_ncols=True) as bar:
             while self.step < cfg.run.num_steps:
                 try:  # a learner rank lost anywhere in here (a command's checkpoint too) is recovered the same way
@@ -144,11 +126,11 @@ class Trainer:
             self.checkpoint()
 
     def train_one_step(self) -> None:
-        step_start, self.timings = time.perf_counter(), {}
+        step_start, self.report.timings = time.perf_counter(), {}
         while True:
-            with self.timed("groups"):
+            with self.report.timed("groups"):
                 batch = self.pipeline.take(self.cfg.grpo.groups_per_step, self.version)
-            with self.timed("train"):
+            with self.report.timed("train"):
                 trained = self.train(batch)
             if not trained.lost:
                 break
@@ -157,20 +139,21 @@ class Trainer:
             self.pipeline.give_back(lost)
             self.recovery.workers_lost({"rollout": {g.rollout_worker for g in lost}})
         scores = [g.scored for g in batch]
-        with self.timed("commit"):
+        with self.report.timed("commit"):
             self.pipeline.trained(batch, self.step)
         self.version = trained.version
-        with self.timed("publish"):
+        with self.report.timed("publish"):
             self.weights.publish()
         self.pipeline.admit(self.version)
         pools = self.pipeline.report()
         metrics = self.report.figures(scores, pools, self.recovery.count, self.version) | trained.metrics
-        metrics |= self.baseline
-        self.baseline = {}
-        if self.wants_eval(self.step + 1):
-            metrics |= self.evaluate()
-        metrics |= self.timings | {"timing/step": time.perf_counter() - step_start}
-        self.report.report(self.step, self.version, metrics, batch, grid=self.wants_samples(self.step))
+        metrics |= self.evals.take_baseline()
+        if self.evals.due(self.step + 1):
+            with self.report.timed("eval"):
+                metrics |= self.evals.evaluate(self.step, self.version, self.operator.specs.training)
+        metrics |= self.report.timings | {"timing/step": time.perf_counter() - step_start}
+        grid = self.report.wants_grid(self.step, self.operator.stop_requested)
+        self.report.report(self.step, self.version, metrics, batch, grid=grid)
         self.step += 1
         for pool, workers in self.autoscaler.decide(metrics).items() if self.autoscaler else ():
             log.info("autoscale: %s", self.scale(pool, workers))
@@ -191,106 +174,30 @@ class Trainer:
         self.report.learner_busy_s += time.monotonic() - start
         return trained
 
-    # ---- figures ----------------------------------------------------------------------------------------
-
-    def wants_samples(self, step: int) -> bool:
-        every = self.cfg.logging.sample_grid_every
-        return (
-            step == 0
-            or step == self.cfg.run.num_steps - 1
-            or self.operator.stop_requested
-            or (every > 0 and step % every == 0)
-        )
-
-    def wants_eval(self, next_step: int) -> bool:
-        every = self.cfg.eval.every
-        return every > 0 and (next_step % every == 0 or next_step == self.cfg.run.num_steps)
-
-    def evaluate(self, prefix: str = "eval", samples: list[MediaGroup] | None = None) -> dict[str, float]:
-        """ODE samples of the held-out prompts (fixed seeds, eval step count) at the current version, with the
-        EMA of the weights when `learner.ema_decay` is on (`samples`: ones already made at this version), scored
-        against the starting policy's samples by the evaluation scorers (orchestration/evaluation.py):
-        `<prefix>/` metrics and a grid of the samples (`samples/<prefix>_<step>.png`)."""
-        with self.timed("eval"):
-            ema = samples is None and self.cfg.learner.ema_decay > 0 and self.weights.publish(ema=True) is not None
-            try:
-                if samples is None:
-                    samples = self.evaluation.sample(self.roles.rollout.actors, self.version, ema)
-                training = [spec.name for spec in self.operator.specs.versions[self.operator.specs.latest]]
-                figures = self.evaluation.score(self.roles.reward.actors, samples, training)
-            except LOST as err:  # a worker or its node died: this evaluation is skipped, the next one runs
-                log.warning(
-                    "%s at version %d skipped: a worker was lost (%s)", prefix, self.version, type(err).__name__
-                )
-                self.recovery.workers_lost(
-                    {"rollout": set(self.roles.rollout.live), "reward": set(self.roles.reward.live)}
-                )
-                return {}
-        metrics = {f"{prefix}/{k}": v for k, v in figures.items()} | {f"{prefix}/ema": float(ema)}
-        self.logger.log_samples(self.step, [m.media for m in samples], self.evaluation.prompts, name=prefix)
-        shown = {k.removeprefix(f"{prefix}/"): round(v, 4) for k, v in metrics.items() if k.endswith("_vs_start")}
-        log.info("%s at version %d: %s", prefix, self.version, shown)
-        return metrics
-
     # ---- checkpoints ------------------------------------------------------------------------------------
 
     def checkpoint(self) -> Path:
         """Learner state (every rank), the LoRA, the run state with the prompt-stream position; then the reward
-        curve. The ledger position is the step: a resume rolls the ledger back to it."""
-        with self.timed("checkpoint"):
+        curve and the ledger folded behind the oldest checkpoint kept (orchestration/run_checkpoints.py)."""
+        with self.report.timed("checkpoint"):
             state = RunState(self.step, self.version, self.operator.specs.as_json(), self.pipeline.next_index)
-            folder, kept = write_checkpoint(
-                self.run_dir,
-                state,
-                partial(save_learner_state, self.roles, self.cfg),
-                keep=self.cfg.run.keep_checkpoints,
-            )
+            folder = self.checkpoints.write(state)
         self.checkpointed_step = self.step
         self.operator.checkpoint_written(str(folder))
-        self.logger.plot_rewards()
-        log.info("checkpoint %s (%.1fs)", folder, self.timings["timing/checkpoint"])
-        self._settle_ledger(oldest=checkpoint_step(kept[0]))
+        log.info("checkpoint %s (%.1fs)", folder, self.report.timings["timing/checkpoint"])
         return folder
-
-    def _settle_ledger(self, oldest: int) -> None:
-        """Fold away the ledger records of groups trained `run.ledger_keep_steps` steps ago and before the oldest
-        kept checkpoint, of step `oldest` (no resume goes back before it)."""
-        before = min(oldest, self.step - self.cfg.run.ledger_keep_steps)
-        if before > 0 and (settled := self.control.ledger_settle(before)):
-            log.info(
-                "ledger: %d groups trained before step %d settled (counted, their records folded)", settled, before
-            )
-
-    def _start_timeline(self) -> None:
-        """The sample calls of the pipeline being replaced are void: one may wait for a version the restored
-        learner reaches only after the groups it holds up (a dead worker's calls died with it)."""
-        from actors.rollout_worker import WEIGHTS_THREAD
-
-        self.timeline += 1
-        for worker in self.roles.rollout.actors:
-            try:
-                ray.get(worker.start_timeline.options(concurrency_group=WEIGHTS_THREAD).remote(self.timeline))
-            except LOST:
-                pass
 
     def restore(self, folder: Path | None) -> None:
         """Continue from a checkpoint (None: from the start): learner state, step, versions, the reward spec,
         the ledger and the metrics rolled back to the checkpoint's step; the actors get the weights."""
-        state = read_run_state(folder) if folder is not None else RunState(0, 0, self.operator.specs.as_json(), 0)
-        if folder is not None:
-            versions = ray.get([a.load_checkpoint.remote(str(folder / "learner")) for a in self.roles.learner.actors])
-            if set(versions) != {state.policy_version}:
-                raise RuntimeError(f"learner ranks restored versions {versions}, expected {state.policy_version}")
+        start = RunState(0, 0, self.operator.specs.as_json(), 0)
+        state, requeued = self.checkpoints.roll_back(folder, start)
         self.step, self.version = state.step, state.policy_version
-        self.operator.specs = RewardSpecs.from_json(self.cfg, state.reward_specs)
-        if self.operator.specs.latest:
-            self.operator.restore_workers(self.roles.reward.actors)
-        requeued = [int(group_id.removeprefix("g")) for group_id in self.control.ledger_rollback(self.step)]
+        self.operator.restore(state.reward_specs)
+        self.timeline += 1
+        start_timeline(self.roles, self.timeline)
         next_index = max([state.next_index, *(i + 1 for i in requeued)])
-        self._start_timeline()
         self.pipeline = self._new_pipeline(next_index=next_index, requeued=requeued)
-        self.logger.forget_from(self.step)
-        self.control.forget_metrics_from(self.step)
         self.checkpointed_step = self.step if folder is not None else -1
         self.weights.publish()
         self.weights.wait_received()  # every worker holds the restored weights before a group is admitted

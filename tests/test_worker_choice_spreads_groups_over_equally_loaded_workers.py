@@ -2,7 +2,7 @@
 to the worker given a group longest ago (a new one first), none when all are at the limit; looking does not count
 as giving (a rollout worker picked while no reward worker is live keeps its place)."""
 
-from orchestration.pipeline import WorkerChoice
+from orchestration.worker_choice import WorkerChoice
 
 
 def test_fewest_outstanding_first_then_longest_ago():

@@ -1,0 +1,105 @@
+"""Where the test suite's time goes: CPU seconds per kind of process, while the suite runs.
+
+Runs `make test` (or the command after `--`) and samples every process on the machine twice a second; a process
+is counted with its last CPU time seen, under a kind named from its command line (a Ray actor by its class,
+Ray's daemons by name, the pytest workers, the jobs' drivers). Prints a table, largest first, then the wall time
+and the machine's CPU seconds over the run: when those are close to wall time x cores, the suite is bounded by
+CPU, and only less work (not less waiting) makes it faster.
+
+    python benchmarks/suite_cpu.py                      # the whole suite, as `make test` runs it
+    python benchmarks/suite_cpu.py -- .venv/bin/python -m pytest tests/test_onpolicy_ratio_is_one.py
+
+Run it on an otherwise idle machine: every process that starts during the run is counted, the suite's or not. A
+process that lives less than a sample interval is missed (they are cheap), and so is CPU spent by processes
+that were running before.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import subprocess
+import threading
+import time
+from collections import Counter
+
+import psutil
+
+SAMPLE_S = 0.5
+DAEMONS = ("gcs_server", "raylet", "dashboard.py", "log_monitor", "monitor.py", "redis-server", "watchdog")
+
+
+def kind(cmdline: str) -> str:
+    """The kind of process a command line belongs to."""
+    if actor := re.match(r"ray::(\w+)", cmdline):
+        return f"ray::{actor.group(1)}"
+    if "xdist" in cmdline or "pytest" in cmdline:
+        return "pytest (the tests' own work)"
+    for name in DAEMONS:
+        if name in cmdline:
+            return f"ray/redis daemon: {name}"
+    if sub := re.search(r"bin/flexgrpo (\w+)", cmdline):
+        return f"flexgrpo {sub.group(1)} (driver)"
+    if "vllm" in cmdline.lower() or "EngineCore" in cmdline:
+        return "vLLM engine"
+    return "other: " + cmdline[:40]
+
+
+def machine_cpu_s() -> float:
+    """CPU seconds the whole machine spent so far (user, nice, system, irq, softirq)."""
+    fields = open("/proc/stat").readline().split()[1:8]
+    ticks = sum(int(fields[i]) for i in (0, 1, 2, 5, 6))
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def sample(seen: dict, before: set[int], stop: threading.Event) -> None:
+    """(pid, start time) -> (CPU seconds, kind) of every process that started after `before` was taken."""
+    while not stop.is_set():
+        for proc in psutil.process_iter(["pid", "cmdline", "cpu_times", "create_time"]):
+            info = proc.info
+            if info["pid"] in before or info["cpu_times"] is None:
+                continue
+            key = (info["pid"], info["create_time"])
+            cpu = info["cpu_times"].user + info["cpu_times"].system
+            name = " ".join(info["cmdline"] or [])
+            if name or key not in seen:
+                seen[key] = (cpu, kind(name))
+            else:  # (a process that is exiting has lost its command line)
+                seen[key] = (cpu, seen[key][1])
+        stop.wait(SAMPLE_S)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("command", nargs="*", default=["make", "test"], help="the command to measure")
+    args = parser.parse_args()
+    before = {p.pid for p in psutil.process_iter()}
+    seen: dict = {}
+    stop = threading.Event()
+    sampler = threading.Thread(target=sample, args=(seen, before, stop), daemon=True)
+    start_wall, start_cpu = time.monotonic(), machine_cpu_s()
+    sampler.start()
+    code = subprocess.call(args.command)
+    wall, cpu = time.monotonic() - start_wall, machine_cpu_s() - start_cpu
+    stop.set()
+    sampler.join()
+
+    per_kind, processes = Counter(), Counter()
+    for seconds, name in seen.values():
+        per_kind[name] += seconds
+        processes[name] += 1
+    counted = sum(per_kind.values())
+    print(f"\n{'kind of process':<44} {'processes':>9} {'CPU s':>8} {'share':>6} {'s each':>7}")
+    for name, seconds in per_kind.most_common(25):
+        share = seconds / counted
+        print(f"{name:<44} {processes[name]:>9} {seconds:>8.0f} {share:>6.1%} {seconds / processes[name]:>7.1f}")
+    cores = os.cpu_count() or 1
+    print(f"\ncounted {counted:.0f} CPU s in {sum(processes.values())} processes; the machine: {cpu:.0f} CPU s")
+    print(f"wall {wall:.0f} s on {cores} cores: the machine's CPU s / cores = {cpu / cores:.0f} s, the least wall")
+    print(f"time this much work can take here ({cpu / (wall * cores):.0%} of the cores busy); exit code {code}")
+    raise SystemExit(code)
+
+
+if __name__ == "__main__":
+    main()
