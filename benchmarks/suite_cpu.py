@@ -39,8 +39,8 @@ def kind(cmdline: str) -> str:
     for name in DAEMONS:
         if name in cmdline:
             return f"ray/redis daemon: {name}"
-    if sub := re.search(r"bin/flexgrpo (\w+)", cmdline):
-        return f"flexgrpo {sub.group(1)} (driver)"
+    if sub := re.search(r"(?:^|/)flexgrpo(?: (\w+)|$)", cmdline):  # (a job's driver may retitle itself)
+        return f"flexgrpo {sub.group(1) or 'train'} (driver)"
     if "vllm" in cmdline.lower() or "EngineCore" in cmdline:
         return "vLLM engine"
     return "other: " + cmdline[:40]
@@ -89,6 +89,11 @@ def main() -> None:
     for seconds, name in seen.values():
         per_kind[name] += seconds
         processes[name] += 1
+    for short in [k for k in per_kind if k.startswith("ray::")]:  # Ray cuts some titles short: ray::GRPOLearne
+        full = [k for k in per_kind if k != short and k.startswith(short)]
+        if len(full) == 1:
+            per_kind[full[0]] += per_kind.pop(short)
+            processes[full[0]] += processes.pop(short)
     counted = sum(per_kind.values())
     print(f"\n{'kind of process':<44} {'processes':>9} {'CPU s':>8} {'share':>6} {'s each':>7}")
     for name, seconds in per_kind.most_common(25):

@@ -7,7 +7,9 @@ A worker is a slot, numbered for the life of the job (`rollout-3` is never reuse
              after its own died: Ray re-places the bundle of a lost node when capacity exists, and restarts the
              actor there, since pool actors have max_restarts=-1)
   live       its actor answered since it last failed; the pipeline hands it work (an actor found restarted
-             since then, its process new, is starting again: it joins like a new worker)
+             since then, its process new, is starting again: it joins like a new worker). Live workers are asked
+             which process they are every few seconds (`suspects`): Ray may restart one that had no call
+             outstanding, and then no call fails to say so
 
 The pool never blocks on a starting slot: `poll` reports the slots that came up since the last poll, and the
 job works with the live ones meanwhile (degraded, not stuck).
@@ -28,6 +30,7 @@ from flexgrpo.config import PoolConfig
 
 PROBE_EVERY_S = 1.0  # a starting slot whose actor refused to answer (it is restarting) is asked again after this
 BUSY_IS_ALIVE_S = 2.0  # `check`: an actor that neither answers nor fails within this is busy, hence alive
+LIVE_CHECK_EVERY_S = 5.0  # `suspects`: how often a live worker is asked which process it is
 
 
 @dataclass
@@ -35,7 +38,7 @@ class Slot:
     actor: Any
     placement_group: PlacementGroup
     live: bool = False
-    probe: ray.ObjectRef | None = None  # an outstanding `incarnation` call while starting
+    probe: ray.ObjectRef | None = None  # an outstanding `incarnation` call: while starting, or to check a live one
     incarnation: str | None = None  # the actor's process when it last came up (a restart changes it)
     probed_at: float = -float("inf")
 
@@ -145,19 +148,38 @@ class WorkerPool:
             return False
         return True
 
+    def _answered(self, live: bool, every_s: float) -> list[int]:
+        """Ask the live (or the starting) workers which process they are, each at most every `every_s` and never
+        twice at once, without waiting. -> the slots among them whose answer (or failure) came"""
+        now = time.monotonic()
+        asked = [slot for slot, entry in self.slots.items() if entry.live == live]
+        for slot in asked:
+            entry = self.slots[slot]
+            if entry.probe is None and now - entry.probed_at >= every_s:
+                entry.probe, entry.probed_at = entry.actor.incarnation.remote(), now
+        probes = [self.slots[slot].probe for slot in asked if self.slots[slot].probe is not None]
+        done = set(ray.wait(probes, num_returns=len(probes), timeout=0)[0]) if probes else set()
+        return [slot for slot in asked if self.slots[slot].probe in done]
+
+    def suspects(self) -> list[int]:
+        """The live workers found dead or restarted since they came up (by their answer to a check made every
+        LIVE_CHECK_EVERY_S; a busy worker answers later and is asked nothing more meanwhile): for `check`."""
+        found = []
+        for slot in self._answered(live=True, every_s=LIVE_CHECK_EVERY_S):
+            entry = self.slots[slot]
+            probe, entry.probe = entry.probe, None
+            try:
+                if ray.get(probe) != entry.incarnation:
+                    found.append(slot)
+            except ray.exceptions.RayActorError:
+                found.append(slot)
+        return found
+
     def poll(self) -> list[int]:
         """Ask the starting workers whether they are up. -> the slots that became live since the last poll"""
-        now = time.monotonic()
-        starting = [entry for entry in self.slots.values() if not entry.live]
-        for entry in starting:
-            if entry.probe is None and now - entry.probed_at >= PROBE_EVERY_S:
-                entry.probe, entry.probed_at = entry.actor.incarnation.remote(), now
-        probes = [entry.probe for entry in starting if entry.probe is not None]
-        done = set(ray.wait(probes, num_returns=len(probes), timeout=0)[0]) if probes else set()
         became_live = []
-        for slot, entry in self.slots.items():
-            if entry.live or entry.probe is None or entry.probe not in done:
-                continue
+        for slot in self._answered(live=False, every_s=PROBE_EVERY_S):
+            entry = self.slots[slot]
             try:
                 entry.incarnation = ray.get(entry.probe)
                 entry.live = True

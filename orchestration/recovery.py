@@ -139,7 +139,11 @@ class Recovery:
     def poll_pools(self) -> None:
         """Workers that came up (restarted where their bundle was re-placed, or added by a scale command) get
         the run's reward spec, the weight-sync group and the current weights, then their heartbeat (the sign,
-        for `flexgrpo status`, that they work)."""
+        for `flexgrpo status`, that they work). Live workers found dead or restarted with no call failing (Ray
+        restarts an idle one) leave their pool first, to join again the same way."""
+        suspects = {name: set(self.roles.pool(name).suspects()) for name in ("rollout", "reward")}
+        if any(suspects.values()):
+            self.workers_lost(suspects)
         joined = {name: self.roles.pool(name).poll() for name in ("rollout", "reward")}
         if not any(joined.values()):
             return
