@@ -34,13 +34,13 @@ def kind(cmdline: str) -> str:
     """The kind of process a command line belongs to."""
     if actor := re.match(r"ray::(\w+)", cmdline):
         return f"ray::{actor.group(1)}"
-    if "xdist" in cmdline or "pytest" in cmdline:
+    if sub := re.search(r"(?:^|/)flexgrpo(?: (\w+)|$)", cmdline):  # (a job's driver may retitle itself)
+        return f"flexgrpo {sub.group(1) or 'train'} (driver)"
+    if "xdist" in cmdline or "-m pytest" in cmdline:
         return "pytest (the tests' own work)"
     for name in DAEMONS:
         if name in cmdline:
-            return f"ray/redis daemon: {name}"
-    if sub := re.search(r"(?:^|/)flexgrpo(?: (\w+)|$)", cmdline):  # (a job's driver may retitle itself)
-        return f"flexgrpo {sub.group(1) or 'train'} (driver)"
+            return f"daemon: {name}"
     if "vllm" in cmdline.lower() or "EngineCore" in cmdline:
         return "vLLM engine"
     return "other: " + cmdline[:40]
