@@ -23,6 +23,7 @@ log = logging.getLogger("flexgrpo")
 # Reward workers take several groups at once: their judges batch the requests of all groups in flight, and a
 # swap builds its models while scoring goes on.
 REWARD_CALLS_AT_ONCE = 8
+JOIN_GRACE_S = 60.0  # after a broken rendezvous, a member not back this long after its timeout is stuck in it
 
 
 @dataclass
@@ -212,7 +213,8 @@ def _join_weight_sync(roles: Roles, timeout_s: float) -> tuple[list[int], bool]:
                 raise
             port_taken = True
     if lost or port_taken:  # the others wait out the broken rendezvous (their next calls queue behind it)
-        for ref in ray.wait(pending, num_returns=len(pending), timeout=timeout_s + 60)[0]:
+        finished, hung = ray.wait(pending, num_returns=len(pending), timeout=timeout_s + JOIN_GRACE_S)
+        for ref in finished:
             try:
                 ray.get(ref)
             except LOST:
@@ -221,4 +223,9 @@ def _join_weight_sync(roles: Roles, timeout_s: float) -> tuple[list[int], bool]:
                 lost.append(joins[ref])
             except Exception:  # noqa: BLE001  the rendezvous' timeout, for want of the lost members
                 pass
+        for ref in (ref for ref in hung if ref in joins):  # stuck past its timeout: its weights thread never frees
+            worker = roles.rollout.name_of(joins[ref])
+            log.warning("%s is stuck in the broken rendezvous: restarting its process", worker)
+            ray.kill(roles.rollout.actor(joins[ref]), no_restart=False)
+            lost.append(joins[ref])
     return lost, port_taken
