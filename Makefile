@@ -1,6 +1,6 @@
 # Two commands do all the set-up on a fresh machine (see README):
 #   make train   runs the default tiny recipe on CPU (local Ray, embedded Redis)
-#   make test    runs the test suite
+#   make test    runs the test suite (all but the long tests; make test-long runs those, .ci/run both)
 # Both create .venv on first use. CPU stack by default; CUDA machines: make STACK=cuda ...
 STACK ?= cpu
 VENV := .venv
@@ -18,14 +18,19 @@ $(STAMP): pyproject.toml constraints/$(STACK).txt
 	if [ "$(STACK)" = cpu ]; then $(VENV)/bin/pip uninstall -y torchaudio torchcodec; fi
 	touch $(STAMP)
 
-.PHONY: install train test test-real-shapes lint
+.PHONY: install train test test-long test-real-shapes lint
 install: $(STAMP)
 
 train: $(STAMP)
 	$(VENV)/bin/flexgrpo train $(ARGS)
 
 test: $(STAMP)
-	$(VENV)/bin/python -m pytest -n $(TEST_WORKERS) --dist worksteal -m "not real_shapes" --rerun-show-tracebacks $(PYTEST_ARGS)
+	$(VENV)/bin/python -m pytest -n $(TEST_WORKERS) --dist worksteal -m "not real_shapes and not long" --rerun-show-tracebacks $(PYTEST_ARGS)
+
+# Whole jobs killed, restarted, spread over local nodes or run twice to compare learning (pytest -m long): a
+# minute or more each; .ci/run runs them after make test.
+test-long: $(STAMP)
+	$(VENV)/bin/python -m pytest -n $(TEST_WORKERS) --dist worksteal -m long --rerun-show-tracebacks $(PYTEST_ARGS)
 
 # The real recipes at their real widths, one after another (each holds ~8 GB): minutes each; .ci/run runs it too.
 test-real-shapes: $(STAMP)

@@ -9,6 +9,9 @@ CPU, and only less work (not less waiting) makes it faster.
     python benchmarks/suite_cpu.py                      # the whole suite, as `make test` runs it
     python benchmarks/suite_cpu.py -- .venv/bin/python -m pytest tests/test_onpolicy_ratio_is_one.py
 
+It also loads `benchmarks/per_test_cpu.py` into pytest (through PYTEST_ADDOPTS) and prints the tests that cost
+the most CPU, each charged what its process tree spent: the list to read before choosing what to make cheaper.
+
 Run it on an otherwise idle machine: every process that starts during the run is counted, the suite's or not. A
 process that lives less than a sample interval is missed (they are cheap), and so is CPU spent by processes
 that were running before.
@@ -17,9 +20,11 @@ that were running before.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import subprocess
+import tempfile
 import threading
 import time
 from collections import Counter
@@ -80,7 +85,13 @@ def main() -> None:
     sampler = threading.Thread(target=sample, args=(seen, before, stop), daemon=True)
     start_wall, start_cpu = time.monotonic(), machine_cpu_s()
     sampler.start()
-    code = subprocess.call(args.command)
+    per_test_log = tempfile.NamedTemporaryFile(prefix="test-cpu-", suffix=".jsonl", delete=False).name
+    env = {
+        **os.environ,
+        "FLEXGRPO_TEST_CPU_LOG": per_test_log,
+        "PYTEST_ADDOPTS": f"{os.environ.get('PYTEST_ADDOPTS', '')} -p benchmarks.per_test_cpu".strip(),
+    }
+    code = subprocess.call(args.command, env=env)
     wall, cpu = time.monotonic() - start_wall, machine_cpu_s() - start_cpu
     stop.set()
     sampler.join()
@@ -103,7 +114,28 @@ def main() -> None:
     print(f"\ncounted {counted:.0f} CPU s in {sum(processes.values())} processes; the machine: {cpu:.0f} CPU s")
     print(f"wall {wall:.0f} s on {cores} cores: the machine's CPU s / cores = {cpu / cores:.0f} s, the least wall")
     print(f"time this much work can take here ({cpu / (wall * cores):.0%} of the cores busy); exit code {code}")
+    print_per_test(per_test_log)
     raise SystemExit(code)
+
+
+def print_per_test(path: str, rows: int = 30) -> None:
+    """The tests that cost the most CPU, with their share of what all tests cost, and the per-file totals."""
+    with open(path, encoding="utf-8") as lines:
+        records = [json.loads(line) for line in lines if line.strip()]
+    if not records:
+        return
+    total = sum(r["cpu_s"] for r in records)
+    print(f"\n{len(records)} tests charged {total:.0f} CPU s; the {rows} that cost most:")
+    print(f"{'CPU s':>7} {'wall s':>7} {'share':>6}  test")
+    for r in sorted(records, key=lambda r: -r["cpu_s"])[:rows]:
+        print(f"{r['cpu_s']:>7.0f} {r['wall_s']:>7.0f} {r['cpu_s'] / total:>6.1%}  {r['test']}")
+    per_file: Counter = Counter()
+    for r in records:
+        per_file[r["test"].split("::")[0]] += r["cpu_s"]
+    print(f"\n{'CPU s':>7} {'share':>6}  test file")
+    for name, seconds in per_file.most_common(rows):
+        print(f"{seconds:>7.0f} {seconds / total:>6.1%}  {name}")
+    print(f"(one JSON line per test: {path})")
 
 
 if __name__ == "__main__":

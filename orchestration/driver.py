@@ -19,11 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from flexgrpo.config import Config, to_dict, to_yaml
-from flexgrpo.control_plane import ControlPlane, write_status_file
-from orchestration.checkpoints import latest_checkpoint
+from flexgrpo.control_plane import ControlPlane, read_status_file, write_status_file
+from orchestration.checkpoints import latest_checkpoint, read_run_state
 from orchestration.evaluation import last_win_rates
 from orchestration.failures import describe_failure
-from orchestration.learner_files import save_final_weights
+from orchestration.learner_files import final_weights_dir, save_final_weights
 from orchestration.ownership import RunOwnership
 from orchestration.reporting import MetricsLogger, read_metrics
 from orchestration.roles import build_roles, preflight
@@ -109,6 +109,8 @@ def train(cfg: Config) -> RunSummary:
     with ExitStack() as stack:
         owner = stack.enter_context(RunOwnership(run_dir))  # a second job on this directory stops here
         stack.enter_context(run_log(run_dir))
+        if (done := _finished_before(cfg, run_dir)) is not None:
+            return done
         (run_dir / "config.yaml").write_text(to_yaml(cfg), encoding="utf-8")
         stack.enter_context(ray_session(cfg.cluster, run_dir))
         redis_url, on_outage = _control_plane_redis(cfg, run_dir, stack)
@@ -132,9 +134,28 @@ def train(cfg: Config) -> RunSummary:
             control.update_run(stop_reason=signals.reason)
         weights_dir = save_final_weights(roles, cfg, run_dir) if trainer.learner_lost is None else None
         logger.plot_rewards()
+    return _summary(run_dir, status, weights_dir)
+
+
+def _summary(run_dir: Path, status: str, weights_dir: Path | None) -> RunSummary:
     rows = read_metrics(run_dir)
     reward_means = [row["reward_mean"] for row in rows]
     return RunSummary(run_dir, status, len(reward_means), reward_means, last_win_rates(rows), weights_dir)
+
+
+def _finished_before(cfg: Config, run_dir: Path) -> RunSummary | None:
+    """The summary of a run that an earlier job finished (status "finished", its last checkpoint at
+    run.num_steps or past it, its final weights written), which resuming would not train: read from disk,
+    without starting Ray, Redis or a role. None: there is something to do."""
+    status, folder = read_status_file(run_dir) or {}, latest_checkpoint(run_dir) if cfg.run.resume else None
+    weights_dir = final_weights_dir(cfg, run_dir)
+    if status.get("status") != "finished" or "failure" in status or folder is None or not weights_dir.is_dir():
+        return None
+    step = read_run_state(folder).step
+    if step < cfg.run.num_steps:
+        return None
+    log.info("%s finished at step %d before: nothing to train (run.num_steps=%d)", run_dir, step, cfg.run.num_steps)
+    return _summary(run_dir, "finished", weights_dir)
 
 
 def _control_plane_redis(cfg: Config, run_dir: Path, stack: ExitStack) -> tuple[str, Callable[[], str] | None]:
@@ -155,7 +176,7 @@ def _control_plane_redis(cfg: Config, run_dir: Path, stack: ExitStack) -> tuple[
 def _record_final_status(control: ControlPlane, run_dir: Path, status: str, error: BaseException | None = None) -> None:
     """The job's last word, in Redis and in status.json (with the line that says what ended it, on a failure).
     Never raises over the error that ended the job: when Redis is gone too, status.json still says how it ended."""
-    final = {"status": status, "host": socket.gethostname()}
+    final = {"status": status if error is None else "failed", "host": socket.gethostname()}
     if isinstance(error, KeyboardInterrupt):  # Ctrl-C: stopped by the user (without a final checkpoint), not failed
         final["status"], final["stop_reason"], error = "stopped", str(error) or "Ctrl-C", None
     if error is not None:

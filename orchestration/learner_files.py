@@ -23,10 +23,15 @@ def save_lora(roles: Roles, folder: Path) -> Path:
     return ray.get(roles.learner.actors[0].save_lora.remote(str(folder)))
 
 
+def final_weights_dir(cfg: Config, run_dir: Path) -> Path:
+    """Where a job writes its trained weights at the end: RUN_DIR/lora, or a full fine-tune's RUN_DIR/transformer."""
+    return run_dir / ("lora" if cfg.policy.lora.enabled else "transformer")
+
+
 def save_final_weights(roles: Roles, cfg: Config, run_dir: Path) -> Path:
-    """The trained weights as diffusers loads them: RUN_DIR/lora, or a full fine-tune's RUN_DIR/transformer
-    (the EMA when the learner keeps one; every rank takes part, as ZeRO-3 gathers)."""
+    """The trained weights as diffusers loads them, in `final_weights_dir` (the EMA when the learner keeps one;
+    every rank takes part, as ZeRO-3 gathers)."""
+    folder = final_weights_dir(cfg, run_dir)
     if cfg.policy.lora.enabled:
-        return save_lora(roles, run_dir / "lora")
-    folders = ray.get([a.export.remote(str(run_dir / "transformer")) for a in roles.learner.actors])
-    return folders[0]
+        return save_lora(roles, folder)
+    return ray.get([a.export.remote(str(folder)) for a in roles.learner.actors])[0]

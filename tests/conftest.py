@@ -122,12 +122,15 @@ def _end_leftover_jobs():
 
 
 def pytest_collection_modifyitems(config, items):
-    """Slow tests first: with test processes side by side (`make test` runs pytest-xdist), the long ones start
-    at once instead of leaving one worker busy at the end while the others idle. A slow test that fails is run
-    once more (pytest-rerunfailures; the summary counts reruns): these are whole jobs with processes killed on a
-    loaded 2-core machine, and one timing-dependent failure should not hide the rest of the run. A rerun is
-    still a defect to look into: each one CI showed so far was a real race in the job, since fixed."""
-    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
-    for item in items:
-        if item.get_closest_marker("slow") is not None and item.get_closest_marker("flaky") is None:
+    """Slow tests first (`long` ones are slow too): with test processes side by side (`make test` runs
+    pytest-xdist), the long ones start at once instead of leaving one worker busy at the end while the others
+    idle. A slow test that fails is run once more (pytest-rerunfailures; the summary counts reruns): these are
+    whole jobs with processes killed on a loaded 2-core machine, and one timing-dependent failure should not
+    hide the rest of the run. A rerun is still a defect to look into: each one CI showed so far was a real race
+    in the job, since fixed."""
+    slow = [item for item in items if item.get_closest_marker("slow") or item.get_closest_marker("long")]
+    first = {id(item) for item in slow}
+    items.sort(key=lambda item: id(item) not in first)
+    for item in slow:
+        if item.get_closest_marker("flaky") is None:
             item.add_marker(pytest.mark.flaky(reruns=1))

@@ -34,7 +34,7 @@ def hang_up(server: socket.socket) -> None:
         connection.close()
 
 
-@pytest.mark.parametrize("taker", ["closes", "never-answers"])
+@pytest.mark.parametrize("taker", ["closes", pytest.param("never-answers", marks=pytest.mark.long)])
 def test_a_taken_rendezvous_port_is_replaced_and_the_weights_go_through(ray_local, tmp_path, taker):
     cfg = tiny_config(f"run.output_dir={tmp_path}", "run.name=port", f"cluster.weight_sync_join_s={JOIN_S}")
     with trainer(cfg, tmp_path / "port") as run, socket.socket() as taken:

@@ -3,6 +3,7 @@ learner state (weights, optimizer), step, policy version and prompt cursor all c
 behind the checkpoints as it goes, still audits every group trained exactly once."""
 
 import json
+import logging
 
 import pytest
 from safetensors.torch import load_file
@@ -29,7 +30,7 @@ def _cfg(tmp_path, name, steps):
     )
 
 
-def test_stop_and_resume_equals_straight_run_and_a_finished_run_resumes_to_nothing(ray_local, tmp_path, capsys):
+def test_stop_and_resume_equals_straight_run_and_a_finished_run_resumes_to_nothing(ray_local, tmp_path, capsys, caplog):
     straight = train(_cfg(tmp_path, "straight", 4))
     train(_cfg(tmp_path, "resumed", 2))  # "pre-empted" after 2 steps: the final checkpoint is the resume point
     state = read_run_state(latest_checkpoint(tmp_path / "resumed"))
@@ -48,6 +49,11 @@ def test_stop_and_resume_equals_straight_run_and_a_finished_run_resumes_to_nothi
     out = capsys.readouterr().out
     assert "groups trained:       4" in out and "groups settled:       3" in out and "audit passed" in out
 
-    again = train(_cfg(tmp_path, "resumed", 4))  # a finished run resumes to nothing: no step is trained again
+    with caplog.at_level(logging.INFO, logger="flexgrpo"):  # a finished run resumes to nothing: read from disk
+        again = train(_cfg(tmp_path, "resumed", 4))
     assert again.steps == 4 and again.reward_means == resumed.reward_means
+    assert again.weights_dir == resumed.weights_dir and again.status == "finished"
     assert len((tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()) == 4
+    said = [r.getMessage() for r in caplog.records]
+    assert any("finished at step 4 before: nothing to train" in line for line in said), said
+    assert not any("resumed from" in line for line in said), "no role was started, no step trained again"

@@ -10,6 +10,7 @@ import pytest
 from cluster.embedded_redis import EmbeddedRedis
 from flexgrpo.control_plane import ControlPlane, Heartbeat, write_status_file
 from orchestration.cli import main
+from orchestration.driver import _record_final_status
 
 OWNER = {"host": "node-a", "pid": 4242, "started": 1.0}
 
@@ -103,6 +104,17 @@ def test_status_of_a_finished_run_falls_back_to_status_json(live_run, capsys):
     assert "is not running" in captured.err and len(captured.err.strip().splitlines()) == 1
     shown = json.loads(captured.out)
     assert shown["status"] == "lost" and shown["step"] == "7" and shown["last_beat"].startswith("20")
+
+
+def test_a_job_that_trained_every_step_then_failed_is_recorded_failed(live_run, capsys):
+    """An error after the loop finished (writing the final weights, say) fails the job: status.json must not
+    say "finished", which would let the same command take the run as done and skip what is missing."""
+    run_dir, control, _ = live_run
+    _record_final_status(control, run_dir, "finished", OSError("disk full"))
+    assert main(["status", str(run_dir)]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["status"] == "failed" and "disk full" in shown["failure"]
+    assert json.loads((run_dir / "status.json").read_text())["status"] == "failed"
 
 
 def test_audit_of_a_live_run_and_of_a_finished_one(live_run, capsys):

@@ -15,7 +15,7 @@ import pytest
 
 from tests.local_cluster import LocalCluster
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.long
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -18,7 +18,7 @@ import pytest
 
 from tests.process_job import FLEXGRPO, Job
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.long
 REPO = Path(__file__).resolve().parents[1]
 CLEAN_ENV = {"PATH": os.environ["PATH"], "HOME": os.environ["HOME"]}
 STEPS = 8

@@ -19,7 +19,7 @@ import redis
 from orchestration.checkpoints import PARTIAL
 from tests.process_job import FLEXGRPO, Job
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.long
 STEPS = 12  # checkpoints every 3 steps: a learner restart goes back to the last multiple of 3
 VICTIMS = {"rollout-0": 2, "reward-0": 4, "redis": 6, "learner-0": 8}  # who is killed, once the job reached this step
 DRIVER_KILLS = {"kill9": 3, "sigterm": 7}  # how the driver is ended, once the job reached this step

@@ -27,7 +27,7 @@ import pytest
 from tests.local_cluster import LocalCluster, alive_on
 from tests.process_job import FLEXGRPO, Job, kill_tree, sampled_by, wait_until
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.long
 STEPS = 1000  # more than the test needs: it stops the job when done (a step takes ~0.5 s with the hold)
 
 

@@ -20,7 +20,7 @@ import pytest
 
 from tests.process_job import kill_tree
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.long
 
 REPO = Path(__file__).resolve().parents[1]
 RAY = str(REPO / ".venv" / "bin" / "ray")

@@ -12,7 +12,7 @@ import pytest
 from orchestration.driver import train
 from tests.conftest import tiny_config
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.long
 STEPS = 60
 
 

@@ -15,7 +15,7 @@ import pytest
 from tests.local_cluster import LocalCluster
 from tests.process_job import kill_tree
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.long
 
 REPO = Path(__file__).resolve().parents[1]
 STEPS = 60  # the default recipe's 4 groups of 8 per step: long enough for the reward's trend to beat its noise
