@@ -27,8 +27,8 @@ train: $(STAMP)
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest -n $(TEST_WORKERS) --dist worksteal -m "not real_shapes and not long" --rerun-show-tracebacks $(PYTEST_ARGS)
 
-# Whole jobs killed, restarted, spread over local nodes or run twice to compare learning (pytest -m long): a
-# minute or more each; .ci/run runs them after make test.
+# Whole jobs killed, restarted, spread over local nodes, scaled, or run twice to compare learning (pytest -m
+# long): a minute or more each; .ci/run runs them after make test.
 test-long: $(STAMP)
 	$(VENV)/bin/python -m pytest -n $(TEST_WORKERS) --dist worksteal -m long --rerun-show-tracebacks $(PYTEST_ARGS)
 

@@ -270,9 +270,8 @@ def _train(argv: list[str]) -> int:
         raise CliError(str(err), 1) from None
     except KeyboardInterrupt as err:  # Ctrl-C twice (the first one stops at the next step boundary): the shell's code
         _release(err)
-        raise CliError(
-            f"interrupted: stopped without a final checkpoint; the same command resumes (log: {log_file})", 130
-        ) from None
+        what = str(err) or "stopped without a final checkpoint"
+        raise CliError(f"interrupted: {what}; the same command resumes (log: {log_file})", 130) from None
     except Exception as err:  # noqa: BLE001  (any other failure: one line here, its traceback in the run's log)
         _release(err)
         raise CliError(f"{describe_failure(err)} (traceback: {log_file})", 1) from None

@@ -64,15 +64,19 @@ def run_log(run_dir: Path) -> Iterator[Path]:
 
 
 class StopSignals:
-    """Pre-emption and Ctrl-C: SIGTERM or a first Ctrl-C (SIGINT) ends the loop at the next step boundary, after a
-    checkpoint (status "stopped", `reason` says which); a second Ctrl-C stops at once, without one (the ledger
-    stays the truth: the same command resumes from the last checkpoint)."""
+    """Pre-emption and Ctrl-C, held from the job's start to the end of its teardown. While the loop runs, SIGTERM
+    or a first Ctrl-C (SIGINT) ends it at the next step boundary, after a checkpoint (status "stopped", `reason`
+    says which); a second Ctrl-C stops at once, without one (the ledger stays the truth: the same command resumes
+    from the last checkpoint). Before the loop (starting up, restoring) and after it (shutting down) there is no
+    step boundary to wait for: either signal stops the job at once, saying when it came."""
 
     NAMES = {signal.SIGTERM: "SIGTERM", signal.SIGINT: "Ctrl-C"}
 
-    def __init__(self, trainer: Trainer) -> None:
-        self.trainer, self.reason = trainer, None
-        self.interrupted: str | None = None  # what a second Ctrl-C raised
+    def __init__(self) -> None:
+        self.trainer: Trainer | None = None  # set once the loop can stop at a step boundary
+        self.loop_over = False  # set once the loop returned (its last checkpoint, if any, is written)
+        self.reason: str | None = None
+        self.interrupted: str | None = None  # what a signal that stopped the job at once raised
         self.previous: dict[int, object] = {}
 
     def __enter__(self) -> StopSignals:
@@ -83,20 +87,34 @@ class StopSignals:
     def __exit__(self, exc_type: type | None, exc: BaseException | None, tb: object) -> None:
         for signum, handler in self.previous.items():
             signal.signal(signum, handler)
+        if (named := self.named(exc)) is not exc:
+            raise named from exc
+
+    def named(self, exc: BaseException | None) -> BaseException | None:
+        """`exc`, or, when it is a bare KeyboardInterrupt after a signal here stopped the job at once (a signal
+        landing in one of Ray's own waits comes out of it so), one that says what it was."""
         if self.interrupted and isinstance(exc, KeyboardInterrupt) and str(exc) != self.interrupted:
-            # a signal landing in Ray's own wait comes out of it as a bare KeyboardInterrupt: say what it was
-            raise KeyboardInterrupt(self.interrupted) from exc
+            return KeyboardInterrupt(self.interrupted)
+        return exc
 
     def handle(self, signum: int, frame: object) -> None:
         name = self.NAMES[signum]
-        if signum == signal.SIGINT and self.reason == name:
-            signal.signal(signal.SIGINT, self.previous[signal.SIGINT])  # a third one interrupts the teardown
+        in_loop = self.trainer is not None and not self.loop_over
+        if in_loop and not (signum == signal.SIGINT and self.reason == name):
+            more = "; Ctrl-C again to stop now, without one" if signum == signal.SIGINT else ""
+            log.warning("%s: checkpointing and stopping at the end of this step%s", name, more)
+            self.reason = name
+            self.trainer.operator.stop_requested = True
+            return
+        if signum == signal.SIGINT:
+            signal.signal(signal.SIGINT, self.previous[signal.SIGINT])  # the next one interrupts what runs then
+        if in_loop:
             self.interrupted = f"{name} twice: stopped at once, without a final checkpoint"
-            raise KeyboardInterrupt(self.interrupted)
-        more = "; Ctrl-C again to stop now, without one" if signum == signal.SIGINT else ""
-        log.warning("%s: checkpointing and stopping at the end of this step%s", name, more)
-        self.reason = name
-        self.trainer.operator.stop_requested = True
+        elif self.loop_over:
+            self.interrupted = f"{name} while the job shut down, its loop over: stopped at once"
+        else:
+            self.interrupted = f"{name} while the job started: stopped at once"
+        raise KeyboardInterrupt(self.interrupted)
 
 
 def train(cfg: Config) -> RunSummary:
@@ -111,6 +129,7 @@ def train(cfg: Config) -> RunSummary:
         stack.enter_context(run_log(run_dir))
         if (done := _finished_before(cfg, run_dir)) is not None:
             return done
+        signals = stack.enter_context(StopSignals())  # (left last: a signal during the teardown is named too)
         (run_dir / "config.yaml").write_text(to_yaml(cfg), encoding="utf-8")
         stack.enter_context(ray_session(cfg.cluster, run_dir))
         redis_url, on_outage = _control_plane_redis(cfg, run_dir, stack)
@@ -122,14 +141,15 @@ def train(cfg: Config) -> RunSummary:
         stack.callback(owner.stop_lease)
         control.register_run(to_dict(cfg))
         status = "failed"
-        stack.push(lambda *exc: _record_final_status(control, run_dir, status, exc[1]))
+        stack.push(lambda *exc: _record_final_status(control, run_dir, status, signals.named(exc[1])))
         logger = stack.enter_context(MetricsLogger(run_dir, cfg.logging, run_config=to_dict(cfg)))
         roles = build_roles(cfg, control)
         stack.callback(roles.shutdown)
         trainer = Trainer(cfg, roles, control, logger, run_dir)
         trainer.restore(latest_checkpoint(run_dir) if cfg.run.resume else None)
-        signals = stack.enter_context(StopSignals(trainer))
+        signals.trainer = trainer
         status = trainer.run()
+        signals.loop_over = True
         if status == "stopped" and signals.reason:
             control.update_run(stop_reason=signals.reason)
         weights_dir = save_final_weights(roles, cfg, run_dir) if trainer.learner_lost is None else None

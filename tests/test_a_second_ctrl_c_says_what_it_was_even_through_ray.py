@@ -19,6 +19,13 @@ def _trainer() -> SimpleNamespace:
     return SimpleNamespace(operator=SimpleNamespace(stop_requested=False))
 
 
+def _signals(trainer: SimpleNamespace | None) -> StopSignals:
+    """The job's signal handling with its loop running (a trainer), or still starting (None)."""
+    signals = StopSignals()
+    signals.trainer = trainer
+    return signals
+
+
 def _wait_for_the_handler() -> None:
     time.sleep(1)  # the handler runs between bytecodes of this thread, within this sleep
 
@@ -26,7 +33,7 @@ def _wait_for_the_handler() -> None:
 def test_a_second_ctrl_c_turned_bare_by_ray_still_names_itself():
     trainer = _trainer()
     with pytest.raises(KeyboardInterrupt, match="^Ctrl-C twice: stopped at once") as raised:
-        with StopSignals(trainer) as signals:
+        with _signals(trainer) as signals:
             os.kill(os.getpid(), signal.SIGINT)
             _wait_for_the_handler()
             assert trainer.operator.stop_requested and signals.reason == "Ctrl-C"
@@ -41,7 +48,30 @@ def test_a_second_ctrl_c_turned_bare_by_ray_still_names_itself():
 
 def test_a_first_ctrl_c_only_asks_for_a_stop_at_the_step_boundary():
     trainer = _trainer()
-    with StopSignals(trainer) as signals:
+    with _signals(trainer) as signals:
         os.kill(os.getpid(), signal.SIGINT)
         _wait_for_the_handler()
     assert trainer.operator.stop_requested and signals.reason == "Ctrl-C" and signals.interrupted is None
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+@pytest.mark.parametrize("phase", ["starting", "shutting down"])
+def test_a_signal_outside_the_loop_stops_at_once_and_says_when_it_came(signum, phase):
+    """No step boundary to wait for: while the job starts, or once its loop returned (its last checkpoint
+    written) and it shuts down, the first Ctrl-C or SIGTERM stops it at once. In a CI rehearsal a second Ctrl-C
+    that came during the shutdown left a bare KeyboardInterrupt, and the terminal said "stopped without a final
+    checkpoint" of a job that had written it."""
+    trainer = _trainer()
+    signals = _signals(None if phase == "starting" else trainer)
+    signals.loop_over = phase == "shutting down"
+    name = StopSignals.NAMES[signum]
+    when = "started" if phase == "starting" else "shut down, its loop over"
+    with pytest.raises(KeyboardInterrupt, match=f"^{name} while the job {when}: stopped at once$"):
+        with signals:
+            try:
+                os.kill(os.getpid(), signum)
+                _wait_for_the_handler()
+            except KeyboardInterrupt:
+                raise KeyboardInterrupt() from None  # bare, as out of Ray's wait: named on the way out
+    assert not trainer.operator.stop_requested and signals.reason is None
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

@@ -61,7 +61,7 @@ def test_bounds_are_checked_at_load():
     assert Autoscaler.from_config(on).bounds == {"rollout": (1, 4), "reward": (1, 1)}
 
 
-@pytest.mark.slow
+@pytest.mark.long
 def test_a_job_held_up_by_sampling_grows_its_rollout_pool(tmp_path):
     """`flexgrpo train` on a local Ray with a fourth (logical) GPU free and a sampling hold of 1 s a group: the
     rollout pool grows to two workers and the new one samples; then the job is stopped."""

