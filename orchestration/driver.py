@@ -84,6 +84,11 @@ class StopSignals:
         self.previous = {signum: signal.signal(signum, self.handle) for signum in ours}
         return self
 
+    def take_back(self) -> None:
+        """Ours again: `ray.init` puts in its own SIGTERM handler (a bare `sys.exit(15)`, no checkpoint)."""
+        for signum in self.previous:
+            signal.signal(signum, self.handle)
+
     def __exit__(self, exc_type: type | None, exc: BaseException | None, tb: object) -> None:
         for signum, handler in self.previous.items():
             signal.signal(signum, handler)
@@ -132,6 +137,7 @@ def train(cfg: Config) -> RunSummary:
         signals = stack.enter_context(StopSignals())  # (left last: a signal during the teardown is named too)
         (run_dir / "config.yaml").write_text(to_yaml(cfg), encoding="utf-8")
         stack.enter_context(ray_session(cfg.cluster, run_dir))
+        signals.take_back()
         redis_url, on_outage = _control_plane_redis(cfg, run_dir, stack)
         url_file = run_dir / "redis_url"  # how an operator reaches this run (flexgrpo command ...)
         url_file.write_text(redis_url + "\n", encoding="utf-8")
