@@ -9,8 +9,9 @@ Tokens: one Flex request (the authors' template, verbatim, with a 10-word prompt
 the Qwen3-VL image processor with its published settings. Image tokens are exact. Text tokens are counted with
 the tokenizer built here (a 600-entry byte-level BPE), which splits English into more pieces than Qwen's
 151k-entry vocabulary: they are an upper bound. Memory: weights in the recipe's dtype (bf16) at full depth and
-full vocabulary; the learner adds the LoRA's fp32 master weights, gradients and two Adam moments; the judge adds
-its KV cache for one request of prompt + max_new_tokens. Activations and the CUDA context are not included.
+full vocabulary; the learner holds the transformer and the VAE, no text encoder (it re-scores the recorded
+prompt embeddings), and adds the LoRA's fp32 master weights, gradients and two Adam moments; the judge adds its
+KV cache for one request of prompt + max_new_tokens. Activations and the CUDA context are not included.
 """
 
 from __future__ import annotations
@@ -128,7 +129,7 @@ def rows() -> list[list[str]]:
         max_tokens = cfg.rewards[0].max_new_tokens
         policy_bytes = (numel(tr) + sum(numel(p) for p in parts.values())) * BF16
         lora = lora_params(tr, cfg.policy.lora.rank)
-        learner_bytes = policy_bytes + lora * 4 * 4  # fp32 master, grad, Adam m and v
+        learner_bytes = (numel(tr) + numel(parts["vae"])) * BF16 + lora * 4 * 4  # fp32 master, grad, Adam m, v
         judge_bytes = judge * BF16 + (text_tokens + image_tokens + max_tokens) * kv_per_token
         table.append(
             [

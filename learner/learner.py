@@ -152,7 +152,7 @@ class GRPOLearner(Heartbeating):
         self.device = (
             torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
         )
-        self.policy = build_policy(policy_cfg, self.device)
+        self.policy = build_policy(policy_cfg, self.device, text_encoders=False)  # it re-scores recorded embeddings
         self.step_fn = get_sampler(sampler_cfg.kind)
 
         self.micro_batch, micro_batches = micro_batching(grpo_cfg, learner_cfg, sampler_cfg, world_size)

@@ -31,6 +31,13 @@ def tiny_config(*overrides: str) -> Config:
     return load_config(None, list(overrides))
 
 
+FAMILIES = {  # the tiny model of each policy family, as overrides of the tiny recipe
+    "sd3": ("policy.family=sd3", "policy.model=tiny-sd3"),
+    "flux": ("policy.family=flux", "policy.model=tiny-flux"),
+    "wan": ("policy.family=wan", "policy.model=tiny-wan", "policy.num_frames=5", "policy.height=32", "policy.width=32"),
+}
+
+
 @pytest.fixture(scope="session")
 def ray_local():
     """One local Ray for the session: 2 CPUs, 3 logical GPUs (one per pool of the tiny recipe)."""

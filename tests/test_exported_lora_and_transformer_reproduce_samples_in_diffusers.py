@@ -9,9 +9,10 @@ import pytest
 import torch
 
 from actors.rollout import sample_group
+from actors.rollout_worker import RolloutWorker
 from flexgrpo.records import PromptGroup, ScoredGroup
 from learner.learner import GRPOLearner
-from tests.conftest import tiny_config
+from tests.conftest import copy_weights, tiny_config
 
 pytestmark = pytest.mark.slow
 PROMPT = "a photo of a red cat"
@@ -23,16 +24,19 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def trained_learner(*overrides: str) -> GRPOLearner:
-    """A one-rank learner on the tiny recipe after one GRPO step on one group of its own samples."""
+def trained(*overrides: str) -> tuple[GRPOLearner, RolloutWorker]:
+    """A one-rank learner on the tiny recipe after one GRPO step on one group a rollout worker sampled, and that
+    worker with the trained weights (the learner holds no text encoder: the worker's pipeline samples)."""
     cfg = tiny_config("grpo.group_size=4", "grpo.groups_per_step=1", "sampler.num_steps=4", *overrides)
     learner = GRPOLearner(cfg.policy, cfg.sampler, cfg.grpo, cfg.learner, master_port=free_port())
+    rollout = RolloutWorker(cfg.policy, cfg.sampler, run_seed=0)
     prompt = PromptGroup("s0-g0", PROMPT, 4, 1)
-    group, _ = sample_group(learner.policy, prompt, cfg.sampler, run_seed=0, policy_version=0)
+    group, _ = sample_group(rollout.policy, prompt, cfg.sampler, run_seed=0, policy_version=0)
     rewards = torch.tensor([1.0, -1.0, 0.5, -0.5])
     score = ScoredGroup("s0-g0", PROMPT, 0, 0, rewards, {"jpeg_compressibility": rewards})
     learner.train_step([score], group)
-    return learner
+    copy_weights(learner, rollout)
+    return learner, rollout
 
 
 def latents(pipe) -> torch.Tensor:
@@ -52,9 +56,9 @@ def base_pipeline():
 
 
 def test_exported_lora_loads_in_diffusers_and_reproduces_samples(tmp_path):
-    learner = trained_learner()
+    learner, rollout = trained()
     folder = learner.export(tmp_path / "lora")
-    expected = latents(learner.policy.pipeline)
+    expected = latents(rollout.policy.pipeline)
     pipe = base_pipeline()
     untrained = latents(pipe)
     pipe.load_lora_weights(str(folder))
@@ -65,9 +69,9 @@ def test_exported_lora_loads_in_diffusers_and_reproduces_samples(tmp_path):
 def test_exported_full_transformer_loads_with_from_pretrained_and_reproduces_samples(tmp_path):
     from diffusers import SD3Transformer2DModel
 
-    learner = trained_learner("policy.lora.enabled=false", "learner.lr=1e-3")
+    learner, rollout = trained("policy.lora.enabled=false", "learner.lr=1e-3")
     folder = learner.export(tmp_path / "transformer")
-    expected = latents(learner.policy.pipeline)
+    expected = latents(rollout.policy.pipeline)
     pipe = base_pipeline()
     untrained = latents(pipe)
     pipe.transformer = SD3Transformer2DModel.from_pretrained(folder)

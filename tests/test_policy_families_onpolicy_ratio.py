@@ -11,13 +11,8 @@ from actors.rollout_worker import RolloutWorker
 from flexgrpo.net import free_port
 from flexgrpo.records import PromptGroup
 from learner.learner import GRPOLearner
-from tests.conftest import copy_weights, scored, tiny_config
+from tests.conftest import FAMILIES, copy_weights, scored, tiny_config
 
-FAMILIES = {
-    "sd3": ("policy.family=sd3", "policy.model=tiny-sd3"),
-    "flux": ("policy.family=flux", "policy.model=tiny-flux"),
-    "wan": ("policy.family=wan", "policy.model=tiny-wan", "policy.num_frames=5", "policy.height=32", "policy.width=32"),
-}
 SAMPLERS = {
     "sde-cfg": ("sampler.kind=sde", "sampler.noise_level=0.7", "sampler.guidance_scale=4.5"),
     "cps-window": (

@@ -7,6 +7,7 @@ so a family adds itself by implementing it in one file and naming itself in `act
 
 from __future__ import annotations
 
+import inspect
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -46,9 +47,14 @@ class DiffusionPolicy(Protocol):
         ...
 
 
-def load_pipeline(pipeline_cls: type, cfg: PolicyConfig, dtype: torch.dtype):
+TEXT_PARTS = ("text_encoder", "tokenizer")  # how diffusers names a pipeline's text encoders and tokenizers
+
+
+def load_pipeline(pipeline_cls: type, cfg: PolicyConfig, dtype: torch.dtype, text_encoders: bool = True):
     """Load `cfg.model`'s diffusers pipeline from a folder or hub id, with the transformer saved in
-    `cfg.transformer` in place of its own when set; components saved as absent (null) stay absent."""
+    `cfg.transformer` in place of its own when set; components saved as absent (null) stay absent.
+    text_encoders=False leaves the text encoders and tokenizers out (a learner re-scores recorded prompt
+    embeddings and never encodes a prompt: T5-XXL alone is 8.9 GiB in bf16)."""
     import diffusers
     import transformers
 
@@ -63,11 +69,22 @@ def load_pipeline(pipeline_cls: type, cfg: PolicyConfig, dtype: torch.dtype):
     index = Path(path) / "model_index.json"
     if index.exists():
         components = {k: None for k, v in json.loads(index.read_text()).items() if v == [None, None]}
+    if not text_encoders:
+        components |= {k: None for k in inspect.signature(pipeline_cls.__init__).parameters if k.startswith(TEXT_PARTS)}
     if cfg.transformer is not None:
         components["transformer"] = load_transformer(cfg.transformer, dtype)
     pipe = pipeline_cls.from_pretrained(path, dtype=dtype, **components)
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def check_text_encoders(pipeline) -> None:
+    """A policy built without its text encoders (a learner's) cannot encode a prompt: say so."""
+    if pipeline.text_encoder is None:
+        raise RuntimeError(
+            "this policy was built without its text encoders (text_encoders=False, as a learner "
+            "builds it): it cannot encode prompts"
+        )
 
 
 def load_transformer(folder: str | Path, dtype: torch.dtype) -> nn.Module:

@@ -13,6 +13,7 @@ from torch import Tensor, nn
 
 from actors.policies.base import (
     TORCH_DTYPES,
+    check_text_encoders,
     decode_images,
     load_pipeline,
     prepare_transformer,
@@ -55,13 +56,13 @@ def resolution_shift(image_seq_len: int, config) -> float:
 class FluxPolicy:
     family = "flux"
 
-    def __init__(self, cfg: PolicyConfig, device: torch.device | str = "cpu") -> None:
+    def __init__(self, cfg: PolicyConfig, device: torch.device | str = "cpu", text_encoders: bool = True) -> None:
         from diffusers import FluxPipeline
 
         self.cfg = cfg
         self.device = torch.device(device)
         self.dtype = TORCH_DTYPES[cfg.dtype]
-        self.pipeline = load_pipeline(FluxPipeline, cfg, self.dtype).to(self.device)
+        self.pipeline = load_pipeline(FluxPipeline, cfg, self.dtype, text_encoders).to(self.device)
         self.transformer = self.pipeline.transformer
         prepare_transformer(self.transformer, cfg)
         scale = self.pipeline.vae_scale_factor * 2  # 8x VAE, then 2x2 packing
@@ -70,6 +71,7 @@ class FluxPolicy:
 
     @torch.no_grad()
     def encode_prompts(self, prompts: list[str]) -> list[PromptEmbedding]:
+        check_text_encoders(self.pipeline)
         tokens, pooled, _ = self.pipeline.encode_prompt(
             prompt=prompts,
             prompt_2=None,

@@ -7,6 +7,7 @@ from torch import Tensor, nn
 
 from actors.policies.base import (
     TORCH_DTYPES,
+    check_text_encoders,
     decode_images,
     load_pipeline,
     prepare_transformer,
@@ -19,7 +20,9 @@ from flexgrpo.records import PromptEmbedding
 class SD3Policy:
     family = "sd3"
 
-    def __init__(self, cfg: PolicyConfig, device: torch.device | str = "cpu", pipeline=None) -> None:
+    def __init__(
+        self, cfg: PolicyConfig, device: torch.device | str = "cpu", pipeline=None, text_encoders: bool = True
+    ) -> None:
         """pipeline: an already built StableDiffusion3Pipeline (benchmarks); None loads `cfg.model`."""
         from diffusers import StableDiffusion3Pipeline
 
@@ -27,7 +30,7 @@ class SD3Policy:
         self.device = torch.device(device)
         self.dtype = TORCH_DTYPES[cfg.dtype]
         if pipeline is None:
-            pipeline = load_pipeline(StableDiffusion3Pipeline, cfg, self.dtype)
+            pipeline = load_pipeline(StableDiffusion3Pipeline, cfg, self.dtype, text_encoders)
         self.pipeline = pipeline.to(self.device)
         self.transformer = self.pipeline.transformer
         prepare_transformer(self.transformer, cfg)
@@ -35,6 +38,7 @@ class SD3Policy:
 
     @torch.no_grad()
     def encode_prompts(self, prompts: list[str]) -> list[PromptEmbedding]:
+        check_text_encoders(self.pipeline)
         tokens, _, pooled, _ = self.pipeline.encode_prompt(
             prompt=prompts,
             prompt_2=None,

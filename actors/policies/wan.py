@@ -10,7 +10,14 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from actors.policies.base import TORCH_DTYPES, load_pipeline, prepare_transformer, scheduler_sigmas, to_uint8
+from actors.policies.base import (
+    TORCH_DTYPES,
+    check_text_encoders,
+    load_pipeline,
+    prepare_transformer,
+    scheduler_sigmas,
+    to_uint8,
+)
 from flexgrpo.config import PolicyConfig
 from flexgrpo.records import PromptEmbedding
 
@@ -18,13 +25,13 @@ from flexgrpo.records import PromptEmbedding
 class WanPolicy:
     family = "wan"
 
-    def __init__(self, cfg: PolicyConfig, device: torch.device | str = "cpu") -> None:
+    def __init__(self, cfg: PolicyConfig, device: torch.device | str = "cpu", text_encoders: bool = True) -> None:
         from diffusers import WanPipeline
 
         self.cfg = cfg
         self.device = torch.device(device)
         self.dtype = TORCH_DTYPES[cfg.dtype]
-        self.pipeline = load_pipeline(WanPipeline, cfg, self.dtype).to(self.device)
+        self.pipeline = load_pipeline(WanPipeline, cfg, self.dtype, text_encoders).to(self.device)
         if self.pipeline.transformer_2 is not None:
             raise ValueError(
                 f"policy.model {cfg.model!r} has two expert transformers (Wan 2.2 A14B); policy.family 'wan' "
@@ -45,6 +52,7 @@ class WanPolicy:
 
     @torch.no_grad()
     def encode_prompts(self, prompts: list[str]) -> list[PromptEmbedding]:
+        check_text_encoders(self.pipeline)
         tokens, _ = self.pipeline.encode_prompt(
             prompt=prompts,
             do_classifier_free_guidance=False,
