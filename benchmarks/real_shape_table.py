@@ -24,6 +24,7 @@ from accelerate import init_empty_weights
 from PIL import Image
 
 from actors import real_shapes as rs
+from actors.policies.base import TEXT_PARTS
 from flexgrpo.compat import ensure_torchvision_importable
 from flexgrpo.config import LoraConfig, load_config
 from reward_workers import real_shape_judges as rj
@@ -49,7 +50,8 @@ def lora_params(transformer: torch.nn.Module, rank: int) -> int:
 
 
 def policy_models(family: str) -> tuple[torch.nn.Module, list[torch.nn.Module], dict[str, torch.nn.Module]]:
-    """(full-depth transformer, its distinct block kinds, the other pipeline parts) on the meta device."""
+    """(full-depth transformer, its distinct block kinds, the other pipeline parts by their diffusers names) on the
+    meta device."""
     import diffusers
     import transformers
 
@@ -59,24 +61,24 @@ def policy_models(family: str) -> tuple[torch.nn.Module, list[torch.nn.Module], 
             tr = diffusers.SD3Transformer2DModel(**rs.SD35_MEDIUM_TRANSFORMER_CONFIG)
             blocks = [tr.transformer_blocks[0], tr.transformer_blocks[-1]]  # with and without dual attention
             parts = {
-                "clip_l": clip_with_projection(clip_config(**rs.CLIP_L_TEXT_CONFIG)),
-                "clip_g": clip_with_projection(clip_config(**rs.CLIP_G_TEXT_CONFIG)),
-                "t5_xxl": transformers.T5EncoderModel(transformers.T5Config(**rs.T5_XXL_CONFIG)),
+                "text_encoder": clip_with_projection(clip_config(**rs.CLIP_L_TEXT_CONFIG)),
+                "text_encoder_2": clip_with_projection(clip_config(**rs.CLIP_G_TEXT_CONFIG)),
+                "text_encoder_3": transformers.T5EncoderModel(transformers.T5Config(**rs.T5_XXL_CONFIG)),
                 "vae": diffusers.AutoencoderKL(**rs.SD35_VAE_CONFIG),
             }
         elif family == "flux":
             tr = diffusers.FluxTransformer2DModel(**rs.FLUX_DEV_TRANSFORMER_CONFIG)
             blocks = [tr.transformer_blocks[0], tr.single_transformer_blocks[0]]
             parts = {
-                "clip_l": transformers.CLIPTextModel(clip_config(**rs.CLIP_L_TEXT_CONFIG)),
-                "t5_xxl": transformers.T5EncoderModel(transformers.T5Config(**rs.T5_XXL_CONFIG)),
+                "text_encoder": transformers.CLIPTextModel(clip_config(**rs.CLIP_L_TEXT_CONFIG)),
+                "text_encoder_2": transformers.T5EncoderModel(transformers.T5Config(**rs.T5_XXL_CONFIG)),
                 "vae": diffusers.AutoencoderKL(**rs.FLUX_DEV_VAE_CONFIG),
             }
         else:
             tr = diffusers.WanTransformer3DModel(**rs.WAN21_T2V_13B_TRANSFORMER_CONFIG)
             blocks = [tr.blocks[0]]
             parts = {
-                "umt5_xxl": transformers.UMT5EncoderModel(transformers.UMT5Config(**rs.UMT5_XXL_CONFIG)),
+                "text_encoder": transformers.UMT5EncoderModel(transformers.UMT5Config(**rs.UMT5_XXL_CONFIG)),
                 "vae": diffusers.AutoencoderKLWan(**rs.WAN21_VAE_CONFIG),
             }
     for part in parts.values():  # meta-device init leaves T5's input embedding untied from `shared`
@@ -129,7 +131,8 @@ def rows() -> list[list[str]]:
         max_tokens = cfg.rewards[0].max_new_tokens
         policy_bytes = (numel(tr) + sum(numel(p) for p in parts.values())) * BF16
         lora = lora_params(tr, cfg.policy.lora.rank)
-        learner_bytes = (numel(tr) + numel(parts["vae"])) * BF16 + lora * 4 * 4  # fp32 master, grad, Adam m, v
+        learned = [p for name, p in parts.items() if not name.startswith(TEXT_PARTS)]  # what a learner loads
+        learner_bytes = (numel(tr) + sum(map(numel, learned))) * BF16 + lora * 4 * 4  # fp32 master, grad, Adam m, v
         judge_bytes = judge * BF16 + (text_tokens + image_tokens + max_tokens) * kv_per_token
         table.append(
             [
