@@ -78,6 +78,7 @@ class StopSignals:
         self.reason: str | None = None
         self.interrupted: str | None = None  # what a signal that stopped the job at once raised
         self.previous: dict[int, object] = {}
+        self.taken_back = False  # until then, a SIGTERM meets the handler ray.init put in (see `take_back`)
 
     def __enter__(self) -> StopSignals:
         ours = [signum for signum in self.NAMES if signal.getsignal(signum) is not signal.SIG_IGN]  # (nohup, &)
@@ -85,9 +86,11 @@ class StopSignals:
         return self
 
     def take_back(self) -> None:
-        """Ours again: `ray.init` puts in its own SIGTERM handler (a bare `sys.exit(15)`, no checkpoint)."""
+        """Ours again: `ray.init` puts in its own SIGTERM handler (a bare `sys.exit(15)`, no checkpoint) as it
+        begins, so a SIGTERM while Ray starts meets that one (`named` says what it was)."""
         for signum in self.previous:
             signal.signal(signum, self.handle)
+        self.taken_back = True
 
     def __exit__(self, exc_type: type | None, exc: BaseException | None, tb: object) -> None:
         for signum, handler in self.previous.items():
@@ -97,10 +100,13 @@ class StopSignals:
 
     def named(self, exc: BaseException | None) -> BaseException | None:
         """`exc`, or, when it is a bare KeyboardInterrupt after a signal here stopped the job at once (a signal
-        landing in one of Ray's own waits comes out of it so), one that says what it was."""
-        if self.interrupted and isinstance(exc, KeyboardInterrupt) and str(exc) != self.interrupted:
-            return KeyboardInterrupt(self.interrupted)
-        return exc
+        landing in one of Ray's own waits comes out of it so), or the exit of Ray's SIGTERM handler while Ray
+        started, a KeyboardInterrupt that says what it was."""
+        if isinstance(exc, SystemExit) and exc.code == signal.SIGTERM and not self.taken_back:
+            self.interrupted = f"{self.NAMES[signal.SIGTERM]} while the job started: stopped at once"
+        elif not (self.interrupted and isinstance(exc, KeyboardInterrupt) and str(exc) != self.interrupted):
+            return exc
+        return KeyboardInterrupt(self.interrupted)
 
     def handle(self, signum: int, frame: object) -> None:
         name = self.NAMES[signum]

@@ -89,3 +89,16 @@ def test_sigterm_still_stops_at_the_step_boundary_after_ray_put_in_its_own_handl
         _wait_for_the_handler()
     assert trainer.operator.stop_requested and signals.reason == "SIGTERM"
     assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_a_sigterm_while_ray_starts_meets_rays_handler_and_is_named():
+    """Before `take_back` (while ray.init runs) Ray's handler exits with the signal's number: the job still stops
+    at once saying when the SIGTERM came, as the CLI prints it, instead of a silent exit 15."""
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(KeyboardInterrupt, match="^SIGTERM while the job started: stopped at once$") as raised:
+        with _signals(None):
+            signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(signum))  # what ray.init does
+            os.kill(os.getpid(), signal.SIGTERM)
+            _wait_for_the_handler()
+    assert isinstance(raised.value.__cause__, SystemExit)
+    assert signal.getsignal(signal.SIGTERM) is before
