@@ -235,7 +235,12 @@ class RoleGroup:
     def actor_names(self) -> list[str]:
         return [f"{self.name}-{rank}" for rank in range(len(self.actors))]
 
-    def shutdown(self) -> None:
+    def kill_actors(self) -> None:
+        """End the actors and keep the pool (to spawn them again)."""
         for actor in self.actors:
             ray.kill(actor)
+        self.actors = []
+
+    def shutdown(self) -> None:
+        self.kill_actors()
         remove_placement_group(self.placement_group)

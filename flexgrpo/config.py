@@ -61,7 +61,7 @@ class ClusterConfig:
     redis_url: str | None = None  # control-plane Redis; null starts an embedded one in the run directory
     max_restarts: int = 5  # restarts of dead actors (rollout, reward, learner) allowed within restart_window_s
     restart_window_s: float = 600.0  # the window of the restart budget; a job past the budget fails
-    start_timeout_s: float = 900.0  # the pools' first start (placed, models loaded) must finish within this
+    start_timeout_s: float = 900.0  # a pool's start (placed, models loaded; a rebuilt learner too) must end within this
     learner_wait_s: float = 600.0  # a learner pool being rebuilt (a rank's node lost) waits this long for room in
     # the cluster; then the job stops cleanly (status stopped, the reason recorded), to resume when room returns
     weight_sync_join_s: float = 120.0  # the weight-sync rendezvous (learner rank 0 and the live rollout workers)

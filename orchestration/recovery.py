@@ -28,11 +28,10 @@ from flexgrpo.config import Config
 from flexgrpo.control_plane import ControlPlane
 from orchestration.checkpoints import latest_checkpoint
 from orchestration.operator import Operator
-from orchestration.roles import Roles, connect_weight_sync, spawn_learner, start_heartbeats, wait_until_ready
+from orchestration.roles import Roles, connect_weight_sync, spawn_learner, start_heartbeats
 from orchestration.weights import WeightBroadcast
 
 log = logging.getLogger("flexgrpo")
-READY_TIMEOUT_S = 900
 LEARNER_ALIVE_S = 60.0
 
 
@@ -186,7 +185,6 @@ class Recovery:
             self.roles.learner = spawn_learner(self.cfg)
         except PoolUnplaced as err:
             raise LearnerUnavailable(str(err)) from None
-        wait_until_ready(self.roles.learner.actors, timeout_s=READY_TIMEOUT_S)
         self.control.update_run(waiting="")
         self._reconnect(heartbeats=self.roles.learner.actors)
         self.run.restore(latest_checkpoint(self.run_dir))

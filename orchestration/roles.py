@@ -24,6 +24,7 @@ log = logging.getLogger("flexgrpo")
 # swap builds its models while scoring goes on.
 REWARD_CALLS_AT_ONCE = 8
 JOIN_GRACE_S = 60.0  # after a broken rendezvous, a member not back this long after its timeout is stuck in it
+RENDEZVOUS_PORT_TRIES = 5  # ports tried for the learner ranks' rendezvous, each picked free then taken meanwhile
 
 
 @dataclass
@@ -121,29 +122,44 @@ def start_heartbeats(members: list[tuple[object, str]], control: ControlPlane) -
 
 
 def spawn_learner(cfg: Config) -> RoleGroup:
-    """The DeepSpeed learner ranks on their pool, rendezvous on the node of rank 0 (also to replace a dead one)."""
+    """The DeepSpeed learner ranks on their pool, up and answering, their rendezvous on the node of rank 0 (also
+    to replace a dead one). Raises PoolUnplaced when the pool finds no room within `cluster.learner_wait_s`."""
     from cluster.ray_cluster import RoleGroup
+
+    learner = RoleGroup(cfg.cluster.learner, name="learner", wait_s=cfg.cluster.learner_wait_s)
+    try:
+        return start_learner_ranks(learner, cfg)
+    except BaseException:
+        learner.shutdown()
+        raise
+
+
+def start_learner_ranks(learner: RoleGroup, cfg: Config) -> RoleGroup:
+    """Start one learner rank per bundle of `learner`'s pool and wait until each answers. DeepSpeed's rendezvous
+    port is picked free on rank 0's node and bound by rank 0 a moment later: when another process took it in
+    between, rank 0's start fails with EADDRINUSE, and the ranks start again on another port."""
     from learner.learner import GRPOLearner
 
     pool = cfg.cluster.learner
-    learner = RoleGroup(pool, name="learner", wait_s=cfg.cluster.learner_wait_s)
-    master_addr, master_port = learner.rendezvous_address()  # DeepSpeed's rendezvous, on rank 0's node
-    log.info("learner rendezvous for the ranks: %s:%d", master_addr, master_port)
-    return learner.spawn(
-        GRPOLearner,
-        args=(cfg.policy, cfg.sampler, cfg.grpo, cfg.learner),
-        kwargs_per_rank=[
-            {
-                "rank": r,
-                "world_size": pool.num_workers,
-                "master_addr": master_addr,
-                "master_port": master_port,
-                "hold_s": cfg.holds.learner_s,
-                "checkpoint_hold_s": cfg.holds.checkpoint_s,
-            }
-            for r in range(pool.num_workers)
-        ],
-    )
+    for attempt in range(1, RENDEZVOUS_PORT_TRIES + 1):
+        master_addr, master_port = learner.rendezvous_address()
+        log.info("learner rendezvous for the ranks: %s:%d", master_addr, master_port)
+        kwargs = {"world_size": pool.num_workers, "master_addr": master_addr, "master_port": master_port}
+        kwargs |= {"hold_s": cfg.holds.learner_s, "checkpoint_hold_s": cfg.holds.checkpoint_s}
+        learner.spawn(
+            GRPOLearner,
+            args=(cfg.policy, cfg.sampler, cfg.grpo, cfg.learner),
+            kwargs_per_rank=[kwargs | {"rank": r} for r in range(pool.num_workers)],
+        )
+        try:
+            wait_until_ready(learner.actors, timeout_s=cfg.cluster.start_timeout_s)
+            return learner
+        except ray.exceptions.RayActorError as err:
+            if "EADDRINUSE" not in str(err) or attempt == RENDEZVOUS_PORT_TRIES:
+                raise
+            log.warning("the learner's rendezvous port %d was taken before rank 0 bound it: another port", master_port)
+            learner.kill_actors()  # the other ranks wait on the taken port
+    raise AssertionError("unreachable")
 
 
 def wait_until_ready(actors: list, timeout_s: float) -> None:
