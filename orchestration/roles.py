@@ -141,7 +141,8 @@ def start_learner_ranks(learner: RoleGroup, cfg: Config) -> RoleGroup:
     from learner.learner import GRPOLearner
 
     pool = cfg.cluster.learner
-    for attempt in range(1, RENDEZVOUS_PORT_TRIES + 1):
+    attempt = 1
+    while True:
         master_addr, master_port = learner.rendezvous_address()
         log.info("learner rendezvous for the ranks: %s:%d", master_addr, master_port)
         kwargs = {"world_size": pool.num_workers, "master_addr": master_addr, "master_port": master_port}
@@ -155,11 +156,17 @@ def start_learner_ranks(learner: RoleGroup, cfg: Config) -> RoleGroup:
             wait_until_ready(learner.actors, timeout_s=cfg.cluster.start_timeout_s)
             return learner
         except ray.exceptions.RayActorError as err:
-            if "EADDRINUSE" not in str(err) or attempt == RENDEZVOUS_PORT_TRIES:
+            if not rendezvous_port_taken(err) or attempt == RENDEZVOUS_PORT_TRIES:
                 raise
             log.warning("the learner's rendezvous port %d was taken before rank 0 bound it: another port", master_port)
             learner.kill_actors()  # the other ranks wait on the taken port
-    raise AssertionError("unreachable")
+        attempt += 1
+
+
+def rendezvous_port_taken(err: BaseException) -> bool:
+    """Whether `err` says a rendezvous port was bound by another process between being picked free and bound
+    (torch's TCPStore, raised through Ray)."""
+    return "EADDRINUSE" in str(err)
 
 
 def wait_until_ready(actors: list, timeout_s: float) -> None:
@@ -225,7 +232,7 @@ def _join_weight_sync(roles: Roles, timeout_s: float) -> tuple[list[int], bool]:
                 raise
             lost.append(joins[done[0]])
         except Exception as err:
-            if done[0] != learner or "EADDRINUSE" not in str(err):
+            if done[0] != learner or not rendezvous_port_taken(err):
                 raise
             port_taken = True
     if lost or port_taken:  # the others wait out the broken rendezvous (their next calls queue behind it)
