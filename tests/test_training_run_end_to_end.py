@@ -1,6 +1,6 @@
 """The whole loop through real Ray actors on placement groups, a DeepSpeed learner, the gloo weight-sync group
 and a real embedded Redis: outputs on disk, the run registry, evaluation on schedule (the bit-exact weight
-broadcast: test_two_learner_ranks_stay_identical_and_reach_both_samplers.py)."""
+broadcast: test_two_learner_ranks_and_two_samplers_replicas_restores_and_a_dead_rank.py)."""
 
 import json
 
