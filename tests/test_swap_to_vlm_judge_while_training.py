@@ -11,7 +11,7 @@ from flexgrpo.control_plane import ControlPlane
 from orchestration.driver import train
 from tests.conftest import alongside, tiny_config, wait_for_step
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.long  # a vLLM engine loads while training goes on: as long as the load
 
 FLEX = {
     "name": "unifiedreward_flex",

@@ -26,6 +26,7 @@ def _rows(run_dir):
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.long  # trained until the win rate moves: 20 steps and two evaluations
 def test_win_rate_against_the_start_rises_with_training(ray_local, tmp_path):
     steps = 20  # 3 run seeds: 1.0 [1.0, 1.0], 0.94 [0.79, 1.0], 0.88 [0.68, 1.0] after 20 steps
     cfg = tiny_config(
