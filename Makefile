@@ -25,12 +25,13 @@ train: $(STAMP)
 	$(VENV)/bin/flexgrpo train $(ARGS)
 
 test: $(STAMP)
-	$(VENV)/bin/python -m pytest -n $(TEST_WORKERS) --dist worksteal -m "not real_shapes and not long" --rerun-show-tracebacks $(PYTEST_ARGS)
+	$(VENV)/bin/python -m pytest -n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder -m "not real_shapes and not long" --rerun-show-tracebacks $(PYTEST_ARGS)
 
-# Whole jobs killed, restarted, spread over local nodes, scaled, or run twice to compare learning (pytest -m
-# long): a minute or more each; .ci/run runs them after make test.
+# Whole jobs killed, restarted, spread over local nodes, scaled, run twice to compare learning, trained until a
+# figure moves, or training while a judge loads (pytest -m long): a minute or more each; .ci/run runs them after
+# make test.
 test-long: $(STAMP)
-	$(VENV)/bin/python -m pytest -n $(TEST_WORKERS) --dist worksteal -m long --rerun-show-tracebacks $(PYTEST_ARGS)
+	$(VENV)/bin/python -m pytest -n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder -m long --rerun-show-tracebacks $(PYTEST_ARGS)
 
 # The real recipes at their real widths, one after another (each holds ~8 GB): minutes each; .ci/run runs it too.
 test-real-shapes: $(STAMP)

@@ -128,16 +128,52 @@ def _end_leftover_jobs():
     Job.end_leftovers()
 
 
+# Seconds each of the longest test modules took in `make test` (3 processes on 2 cores, 2026-12-04): the longest
+# start first, so that none is left running alone at the end. A module missing here is placed by its marker (slow
+# before fast); the figures only order the modules, nothing depends on them being exact.
+MODULE_SECONDS = {
+    "test_full_finetune_run_writes_its_transformer_and_eval_compares_it": 109,
+    "test_dead_workers_are_replaced_and_work_requeued": 97,
+    "test_flexgrpo_eval_compares_two_policies": 90,
+    "test_checkpoint_resume_is_exact": 82,
+    "test_two_learner_ranks_and_two_samplers_replicas_restores_and_a_dead_rank": 80,
+    "test_training_run_end_to_end": 75,
+    "test_a_worker_restarted_before_it_is_checked_joins_again": 71,
+    "test_tiny_flex_recipe_runs_from_a_clean_shell": 69,
+    "test_training_raises_the_win_rate_against_the_start": 66,
+    "test_zero3_full_finetune_workers_equal_learner_after_each_publish": 62,
+    "test_flexgrpo_eval_compares_a_run_with_its_start": 58,
+    "test_train_failures_end_in_one_line": 52,
+    "test_weight_publish_never_waits_for_a_busy_worker": 49,
+    "test_restarted_rollout_worker_samples_with_the_latest_weights": 48,
+    "test_learner_lost_mid_broadcast_is_restarted_whoever_notices_first": 48,
+    "test_slow_rollout_worker_never_breaks_the_staleness_bound": 41,
+    "test_judge_http_backend_against_vllm_server": 39,
+    "test_operator_commands_hot_swap_and_stop": 38,
+    "test_a_learner_rendezvous_port_taken_before_rank_0_binds_it_is_replaced": 31,
+    "test_max_staleness_one_trains_on_data_one_version_old": 30,
+    "test_reward_scorers_train_and_swap_in": 29,
+    "test_judge_vllm_engine_scores_groups": 27,
+    "test_video_run_logs_gifs": 24,
+    "test_a_rendezvous_port_taken_before_the_learner_binds_it_is_replaced": 24,
+}
+
+
 def pytest_collection_modifyitems(config, items):
-    """Slow tests first (`long` ones are slow too): with test processes side by side (`make test` runs
-    pytest-xdist), the long ones start at once instead of leaving one worker busy at the end while the others
-    idle. A slow test that fails is run once more (pytest-rerunfailures; the summary counts reruns): these are
-    whole jobs with processes killed on a loaded 2-core machine, and one timing-dependent failure should not
-    hide the rest of the run. A rerun is still a defect to look into: each one CI showed so far was a real race
-    in the job, since fixed."""
+    """The longest modules first (`MODULE_SECONDS`), then the other slow ones (`long` tests are slow too), then
+    the rest: `make test` hands whole modules to its pytest-xdist processes (--dist loadscope: a module's fixtures
+    are built once), each taking the next module when it is free, so the long ones start at once instead of one
+    of them running alone at the end while the other processes idle. A slow test that fails is run once more
+    (pytest-rerunfailures; the summary counts reruns): these are whole jobs with processes killed on a loaded
+    2-core machine, and one timing-dependent failure should not hide the rest of the run. A rerun is still a
+    defect to look into: each one CI showed so far was a real race in the job, since fixed."""
     slow = [item for item in items if item.get_closest_marker("slow") or item.get_closest_marker("long")]
-    first = {id(item) for item in slow}
-    items.sort(key=lambda item: id(item) not in first)
+    slow_ids = {id(item) for item in slow}
+
+    def order(item) -> tuple[float, bool]:
+        return -MODULE_SECONDS.get(item.module.__name__.rsplit(".", 1)[-1], 0), id(item) not in slow_ids
+
+    items.sort(key=order)
     for item in slow:
         if item.get_closest_marker("flaky") is None:
             item.add_marker(pytest.mark.flaky(reruns=1))
