@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 
 from orchestration.cli import main
+from orchestration.driver import train
+from tests.conftest import tiny_config
 
 REPO = Path(__file__).resolve().parents[1]
 FLEXGRPO = Path(sys.executable).parent / "flexgrpo"
@@ -26,19 +28,21 @@ def _flexgrpo(*args: str) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def inputs(tmp_path_factory) -> dict[str, Path]:
-    """A finished tiny LoRA run (one step, a large learning rate), a tagged prompt file and a rewards file."""
+def inputs(ray_local, tmp_path_factory) -> dict[str, Path]:
+    """A finished tiny LoRA run (one step, a large learning rate; trained in this process, only the evaluations
+    run as a user runs them), a tagged prompt file and a rewards file."""
     root = tmp_path_factory.mktemp("eval2")
-    _flexgrpo(
-        "train",
-        f"run.output_dir={root}",
-        "run.name=trained",
-        "run.num_steps=1",
-        "grpo.groups_per_step=1",
-        "grpo.group_size=4",
-        "sampler.num_steps=4",
-        "learner.lr=0.05",
-        "eval.every=0",
+    train(
+        tiny_config(
+            f"run.output_dir={root}",
+            "run.name=trained",
+            "run.num_steps=1",
+            "grpo.groups_per_step=1",
+            "grpo.group_size=4",
+            "sampler.num_steps=4",
+            "learner.lr=0.05",
+            "eval.every=0",
+        )
     )
     prompts = root / "prompts.jsonl"
     rows = [{"prompt": "a red cube", "tag": "colors"}, {"prompt": "two cats", "tag": "counting"}]
