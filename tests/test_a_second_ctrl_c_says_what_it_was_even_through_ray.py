@@ -16,6 +16,17 @@ import pytest
 from orchestration.driver import StopSignals
 
 
+@pytest.fixture(autouse=True)
+def _a_terminal():
+    """The handlers a job started from a terminal finds, whatever this test process inherited (one started in
+    the background by a shell, `cmd &`, inherits SIGINT ignored)."""
+    terminal = {signal.SIGINT: signal.default_int_handler, signal.SIGTERM: signal.SIG_DFL}
+    before = {signum: signal.signal(signum, handler) for signum, handler in terminal.items()}
+    yield
+    for signum, handler in before.items():
+        signal.signal(signum, handler)
+
+
 def _trainer() -> SimpleNamespace:
     return SimpleNamespace(operator=SimpleNamespace(stop_requested=False))
 
@@ -102,3 +113,15 @@ def test_a_sigterm_while_ray_starts_meets_rays_handler_and_is_named():
             _wait_for_the_handler()
     assert isinstance(raised.value.__cause__, SystemExit)
     assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_a_job_started_with_sigint_ignored_leaves_it_ignored():
+    """`nohup flexgrpo train ... &`: a Ctrl-C meant for the shell's foreground job does not reach this one."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    trainer = _trainer()
+    with _signals(trainer) as signals:
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+        os.kill(os.getpid(), signal.SIGINT)
+        _wait_for_the_handler()
+    assert not trainer.operator.stop_requested and signals.reason is None
+    assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
