@@ -1,7 +1,8 @@
 """A rollout worker killed after a few trained steps comes back (Ray restarts it) with the constructor's weights,
 version 0. The pipeline sees its group lost, the recovery rebuilds the weight-sync group and resends the current
 weights: the restarted worker must hold exactly the learner's parameters, and the first group it samples (the lost
-one, queued again) must carry the learner's current version and train on-policy."""
+one, queued again) must carry the learner's current version and train on-policy. The weights go through a ring of
+two buckets (the LoRA in several), the publish that holds no whole copy."""
 
 from __future__ import annotations
 
@@ -31,6 +32,8 @@ def test_restarted_rollout_worker_holds_and_samples_the_learners_current_weights
         "grpo.group_size=4",
         "learner.lr=0.05",  # every step moves the weights visibly: a stale worker cannot pass for a current one
         "holds.rollout_s=1.5",  # a group stays in flight long enough for the kill to land while it is sampled
+        "learner.sync_snapshot=none",
+        "learner.sync_bucket_mb=0.01",
     )
     with trainer(cfg, tmp_path) as t:
         t.restore(None)

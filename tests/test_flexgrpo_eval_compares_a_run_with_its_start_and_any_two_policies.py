@@ -1,7 +1,9 @@
-"""`flexgrpo eval --baseline MODEL --candidate MODEL|CHECKPOINT [--candidate-lora DIR]` compares any two policies
-as a user runs it (a shell with only PATH and HOME): eval.json with per-reward win rates, intervals, per-tag
-figures, pointwise means and the pinned sampler settings; a policy against itself wins exactly half; bad input
-is one line and exit code 2."""
+"""`flexgrpo eval RUN_DIR` compares a finished run's final LoRA with its starting policy on the run's pools, with
+the run's settings; `flexgrpo eval --baseline MODEL --candidate MODEL|CHECKPOINT [--candidate-lora DIR]` compares
+any two policies, as a user runs it (a shell with only PATH and HOME). Both write eval.json with per-reward win
+rates, intervals, per-tag figures, pointwise means and the pinned sampler settings, a Markdown table and
+side-by-side grids; a policy against itself wins exactly half; bad input is one line and exit code 2. One trained
+run serves every evaluation here."""
 
 import json
 import os
@@ -10,9 +12,12 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
+from flexgrpo.records import VersusStart
 from orchestration.cli import main
 from orchestration.driver import train
+from orchestration.eval_run import EvalInputError, markdown, read_prompt_file, summarize
 from tests.conftest import tiny_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -29,8 +34,8 @@ def _flexgrpo(*args: str) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def inputs(ray_local, tmp_path_factory) -> dict[str, Path]:
-    """A finished tiny LoRA run (one step, a large learning rate; trained in this process, only the evaluations
-    run as a user runs them), a tagged prompt file and a rewards file."""
+    """A finished tiny LoRA run (one step, a large learning rate, its own evaluation rewards; trained in this
+    process, one evaluation runs as a user runs it), a tagged prompt file and a rewards file."""
     root = tmp_path_factory.mktemp("eval2")
     train(
         tiny_config(
@@ -42,6 +47,7 @@ def inputs(ray_local, tmp_path_factory) -> dict[str, Path]:
             "sampler.num_steps=4",
             "learner.lr=0.05",
             "eval.every=0",
+            "eval.rewards=[{name: jpeg_compressibility_pairwise}, {name: jpeg_compressibility}]",
         )
     )
     prompts = root / "prompts.jsonl"
@@ -50,6 +56,34 @@ def inputs(ray_local, tmp_path_factory) -> dict[str, Path]:
     rewards = root / "rewards.yaml"
     rewards.write_text("- name: jpeg_compressibility_pairwise\n- name: jpeg_compressibility\n")
     return {"root": root, "run": root / "trained", "prompts": prompts, "rewards": rewards}
+
+
+def test_prompt_files_and_the_report_per_tag(tmp_path):
+    text = tmp_path / "p.txt"
+    text.write_text("a cat\n\na dog\n")
+    assert read_prompt_file(text) == [("a cat", None), ("a dog", None)]
+    jsonl = tmp_path / "p.jsonl"
+    jsonl.write_text('{"prompt": "a cat", "tag": "animals"}\n{"prompt": "a cube"}\nnot json\n')
+    with pytest.raises(EvalInputError, match=r"p.jsonl:3 is not JSON"):
+        read_prompt_file(jsonl)
+    wins = [[1.0, 1.0], [1.0, 0.5], [0.0, 0.5]]
+    results = [VersusStart(f"eval-{i}", "judge", True, {"": torch.tensor(w)}, {}) for i, w in enumerate(wins)]
+    results += [
+        VersusStart(f"eval-{i}", "clip", False, {"": torch.tensor([2.0 + i])}, {"": torch.tensor([1.0])})
+        for i in range(3)
+    ]
+    report = summarize(results, {"eval-0": "a", "eval-1": "a", "eval-2": "b"}, {"sampler": {}})
+    judge, clip = report["rewards"]["judge"], report["rewards"]["clip"]
+    assert judge["win_rate"] == pytest.approx(2 / 3) and judge["n"] == 3 and judge["per_tag"]["a"]["n"] == 2
+    assert judge["per_tag"]["a"]["win_rate"] == pytest.approx(0.875) and judge["per_tag"]["b"]["win_rate"] == 0.25
+    assert (clip["baseline_mean"], clip["candidate_mean"], clip["delta"]) == (1.0, 3.0, 2.0)
+    assert "| judge | b | 1 | 0.250 |" in markdown(report)
+
+
+def test_bad_prompt_file_is_one_line(tmp_path, capsys):
+    (tmp_path / "run").mkdir()
+    assert main(["eval", str(tmp_path / "run")]) == 2
+    assert "not a run directory" in capsys.readouterr().err
 
 
 def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
@@ -98,9 +132,37 @@ def test_a_runs_lora_against_the_plain_model_and_a_model_against_itself(inputs):
     assert settings["candidate"]["lora"] == str(checkpoint / "lora")
     assert (out / "eval.md").is_file() and (out / "pairs_001.png").is_file()
 
-    same = inputs["root"] / "plain_vs_plain"
-    _flexgrpo("eval", "--baseline", "tiny-sd3", "--candidate", "tiny-sd3", "--out", str(same), *common)
+    same = inputs["root"] / "plain_vs_plain"  # in this process: the user's path ran above
+    assert main(["eval", "--baseline", "tiny-sd3", "--candidate", "tiny-sd3", "--out", str(same), *common]) == 0
     report = json.loads((same / "eval.json").read_text())
     judge, point = report["rewards"]["jpeg_compressibility_pairwise"], report["rewards"]["jpeg_compressibility"]
     assert judge["win_rate"] == 0.5 and judge["ci95"] == [0.5, 0.5]  # identical samples: every pair a tie
     assert point["delta"] == 0.0 and point["candidate_mean"] == point["baseline_mean"]
+
+
+@pytest.mark.slow
+def test_eval_of_a_finished_run_writes_win_rates_per_tag(inputs, tmp_path, capsys):
+    run = inputs["run"]
+    prompts = tmp_path / "prompts.jsonl"
+    rows = [{"prompt": "a red cube", "tag": "colors"}, {"prompt": "a blue ball", "tag": "colors"}]
+    rows += [{"prompt": "two cats", "tag": "counting"}, {"prompt": "three dogs", "tag": "counting"}]
+    prompts.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "no prompt"}\n')
+    assert main(["eval", str(run), "--prompts", str(bad)]) == 2
+    assert "has no string field 'prompt'" in capsys.readouterr().err
+
+    assert main(["eval", str(run), "--prompts", str(prompts)]) == 0
+    out = run / "eval"
+    report = json.loads((out / "eval.json").read_text())
+    judge = report["rewards"]["jpeg_compressibility_pairwise"]
+    assert 0 <= judge["ci95"][0] <= judge["win_rate"] <= judge["ci95"][1] <= 1 and judge["n"] == 4
+    assert sorted(judge["per_tag"]) == ["colors", "counting"] and judge["per_tag"]["colors"]["n"] == 2
+    point = report["rewards"]["jpeg_compressibility"]
+    assert point["candidate_mean"] != point["baseline_mean"]  # the trained LoRA was loaded for the candidate
+    assert point["delta"] == pytest.approx(point["candidate_mean"] - point["baseline_mean"], abs=1e-5)
+    settings = report["settings"]
+    assert settings["sampler"] == {"kind": "ode", "num_steps": 16, "guidance_scale": 1.0}
+    assert [g["tag"] for g in settings["groups"]] == ["colors", "colors", "counting", "counting"]
+    assert "| jpeg_compressibility_pairwise | counting | 2 |" in (out / "eval.md").read_text()
+    assert (out / "pairs_000.png").is_file() and (out / "pairs_003.png").is_file()
