@@ -16,20 +16,38 @@ from tests.conftest import tiny_config
 pytestmark = pytest.mark.slow
 
 
-def test_run_writes_metrics_samples_lora_and_registry(ray_local, tmp_path):
-    cfg = tiny_config(
-        f"run.output_dir={tmp_path}",
-        "run.name=e2e",
-        "run.num_steps=3",
-        "grpo.groups_per_step=2",
-        "grpo.group_size=4",
-        "learner.sync_snapshot=none",  # published through a ring of two buckets, the LoRA in several
-        "learner.sync_bucket_mb=0.01",
-    )
-    summary = train(cfg)
-    run_dir = tmp_path / "e2e"
+E2E = (
+    "run.num_steps=3",
+    "grpo.groups_per_step=2",
+    "grpo.group_size=4",
+    "learner.lr=0.05",  # each step moves the weights visibly
+    "learner.sync_snapshot=none",  # published through a ring of two buckets, the LoRA in several
+    "learner.sync_bucket_mb=0.01",
+    "eval.every=1",
+    "eval.before_training=true",
+    "eval.num_prompts=2",
+    "eval.samples_per_prompt=2",
+)
 
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+def _train(tmp_path, name: str, *overrides: str):
+    return train(tiny_config(f"run.output_dir={tmp_path}", f"run.name={name}", *E2E, *overrides))
+
+
+def _metrics(run_dir) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def e2e(ray_local, tmp_path_factory):
+    """One run of 3 steps with an evaluation before training and after each step: (its summary, its folder)."""
+    root = tmp_path_factory.mktemp("e2e")
+    return _train(root, "e2e"), root / "e2e"
+
+
+def test_run_writes_metrics_samples_lora_and_registry(e2e):
+    summary, run_dir = e2e
+    rows = _metrics(run_dir)
     assert [r["step"] for r in rows] == [0, 1, 2]
     assert all(isinstance(r["reward_mean"], float) and r["reward_mean"] < 0 for r in rows)  # minus JPEG kB
     assert all(abs(r["loss/ratio_mean"] - 1) < 1e-5 for r in rows)  # synchronous: on-policy
@@ -37,7 +55,8 @@ def test_run_writes_metrics_samples_lora_and_registry(ray_local, tmp_path):
     assert (run_dir / "samples" / "step_00000.png").is_file() and (run_dir / "samples" / "step_00002.png").is_file()
     assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
     curve = Image.open(run_dir / "samples" / "reward_curve.png")
-    assert curve.size == (640, 360) and len(set(curve.convert("RGB").getdata())) > 2  # axes, text and lines
+    assert curve.size == (640, 2 * 360)  # the training reward; below it the evaluation against the start
+    assert len(set(curve.convert("RGB").getdata())) > 2  # axes, text and lines
     status = json.loads((run_dir / "status.json").read_text())  # what `flexgrpo status` shows once Redis is gone
     assert status["status"] == "finished" and status["pools"]["rollout/groups_per_s"] > 0
     assert {"rollout/idle_frac", "reward/queue_depth", "learner/idle_frac"} <= status["pools"].keys()
@@ -75,39 +94,22 @@ def test_run_writes_metrics_samples_lora_and_registry(ray_local, tmp_path):
     assert not torch.allclose(before, after), "the trained LoRA should change the transformer's output"
 
 
-def test_evaluation_runs_on_schedule_with_fixed_seeds_and_a_baseline(ray_local, tmp_path):
-    def run(name: str, ema_decay: float) -> list[dict]:
-        cfg = tiny_config(
-            f"run.output_dir={tmp_path}",
-            f"run.name={name}",
-            "run.num_steps=2",
-            "grpo.groups_per_step=1",
-            "grpo.group_size=4",
-            "eval.every=1",
-            "eval.before_training=true",
-            "eval.num_prompts=2",
-            "eval.samples_per_prompt=2",
-            "learner.lr=0.05",
-            f"learner.ema_decay={ema_decay}",
-        )
-        train(cfg)
-        return [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
-
-    rows = run("eval", 0.0)
+def test_evaluation_runs_on_schedule_with_fixed_seeds_and_a_baseline(e2e, tmp_path):
+    rows = _metrics(e2e[1])
     mean = "jpeg_compressibility/mean"  # the training reward scores the evaluation (no eval.rewards)
-    assert [r["step"] for r in rows] == [0, 1]
     assert all(f"eval/{mean}" in r and r["timing/eval"] > 0 and r["eval/ema"] == 0 for r in rows)
-    evals = [rows[0][f"eval_before/{mean}"], rows[0][f"eval/{mean}"], rows[1][f"eval/{mean}"]]
-    assert len(set(evals)) == 3, evals  # versions 0, 1, 2: same seeds, new weights
+    evals = [rows[0][f"eval_before/{mean}"], *(r[f"eval/{mean}"] for r in rows)]
+    assert len(set(evals)) == 4, evals  # versions 0, 1, 2, 3: same seeds, new weights
     assert rows[0]["eval_before/jpeg_compressibility/delta_vs_start"] == 0.0  # the start against itself
-    assert rows[1]["eval/jpeg_compressibility/delta_vs_start"] == pytest.approx(evals[2] - evals[0], abs=1e-5)
-    assert f"eval_before/{mean}" not in rows[1]  # the baseline is logged once, with the first step
-    assert (tmp_path / "eval" / "samples" / "eval_before_00000.png").is_file()
-    assert (tmp_path / "eval" / "samples" / "eval_00001.png").is_file()
+    assert rows[2]["eval/jpeg_compressibility/delta_vs_start"] == pytest.approx(evals[3] - evals[0], abs=1e-5)
+    assert all(f"eval_before/{mean}" not in r for r in rows[1:])  # the baseline is logged once, with the first step
+    assert (e2e[1] / "samples" / "eval_before_00000.png").is_file()
+    assert (e2e[1] / "samples" / "eval_00002.png").is_file()
 
     # with an EMA the same run evaluates the EMA: the same baseline (the EMA starts as the weights), then not
     # the weights (0.5 w0 + 0.5 w1 after the first step)
-    ema_rows = run("eval-ema", 0.5)
+    _train(tmp_path, "e2e-ema", "learner.ema_decay=0.5")
+    ema_rows = _metrics(tmp_path / "e2e-ema")
     assert all(r["eval/ema"] == 1 for r in ema_rows)
     assert ema_rows[0]["eval_before/" + mean] == evals[0]
     assert ema_rows[0]["eval/" + mean] != evals[1]
