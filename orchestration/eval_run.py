@@ -192,9 +192,15 @@ def eval_run(
     rewards: list[dict] | None = None,
 ) -> Path:
     """Compare RUN_DIR's final weights with its starting policy; -> the path of eval.json."""
+    return compare(*run_comparison(run_dir, overrides, rewards), prompts_file, out or run_dir / "eval")
+
+
+def run_comparison(
+    run_dir: Path, overrides: list[str] | tuple[str, ...] = (), rewards: list[dict] | None = None
+) -> tuple[Config, Side, Side]:
+    """What `flexgrpo eval RUN_DIR` compares: (the run's config, its starting policy, its final weights)."""
     cfg = _with_rewards(_run_config(run_dir, overrides), rewards)
-    final = _trained_side(cfg.policy, run_dir, run_dir)
-    return compare(cfg, Side(cfg.policy), final, prompts_file, out or run_dir / "eval")
+    return cfg, Side(cfg.policy), _trained_side(cfg.policy, run_dir, run_dir)
 
 
 def eval_policies(
@@ -206,10 +212,21 @@ def eval_policies(
     overrides: list[str] | tuple[str, ...] = (),
     rewards: list[dict] | None = None,
 ) -> Path:
-    """Compare two policies, each (MODEL, LORA folder or None), with a recipe's sampler and evaluation settings
-    (default: the candidate run's config when the candidate is a run, else the tiny recipe); -> eval.json."""
+    """Compare two policies, each (MODEL, LORA folder or None); -> eval.json."""
     if prompts_file is None:
         raise EvalInputError("--prompts FILE is needed to compare two policies (only a RUN_DIR brings its own)")
+    return compare(*policies_comparison(baseline, candidate, recipe, overrides, rewards), prompts_file, out)
+
+
+def policies_comparison(
+    baseline: tuple[str, str | None],
+    candidate: tuple[str, str | None],
+    recipe: Path | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+    rewards: list[dict] | None = None,
+) -> tuple[Config, Side, Side]:
+    """What `flexgrpo eval --baseline ... --candidate ...` compares: (a recipe's sampler and evaluation settings,
+    by default the candidate run's config when the candidate is a run, else the tiny recipe; the two sides)."""
     run_dir = _run_of(Path(candidate[0]))
     if recipe is None and run_dir is not None:
         recipe = run_dir / "config.yaml"
@@ -218,7 +235,7 @@ def eval_policies(
     except ConfigError as err:
         raise EvalInputError(f"config error: {err}") from None
     base, cand = _side(cfg, *baseline, "--baseline"), _side(cfg, *candidate, "--candidate")
-    return compare(replace(cfg, policy=base.policy), base, cand, prompts_file, out)
+    return replace(cfg, policy=base.policy), base, cand
 
 
 def compare(cfg: Config, baseline: Side, candidate: Side, prompts_file: Path | None, out: Path) -> Path:

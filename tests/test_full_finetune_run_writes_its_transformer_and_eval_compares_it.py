@@ -1,7 +1,7 @@
 """A full fine-tune (no LoRA) ends by writing its transformer as diffusers saves it (RUN_DIR/transformer), which
-`policy.transformer` loads in place of the model's own, and `flexgrpo eval` compares it with the start, both as
-`flexgrpo eval RUN_DIR` and as `--candidate TRANSFORMER_FOLDER`, as a user runs them (a shell with only PATH and
-HOME); a full fine-tune's checkpoint (DeepSpeed state only) is refused with one line."""
+`policy.transformer` loads in place of the model's own, and `flexgrpo eval RUN_DIR` compares it with the start, as
+a user runs it (a shell with only PATH and HOME); `--candidate TRANSFORMER_FOLDER` compares the same two policies
+with the same settings; a full fine-tune's checkpoint (DeepSpeed state only) is refused with one line."""
 
 import json
 import os
@@ -63,23 +63,29 @@ def test_policy_transformer_loads_the_exported_weights_in_place_of_the_models(ru
 
 
 def test_eval_of_the_run_and_of_its_transformer_folder_agree(run, tmp_path):
+    from orchestration.eval_run import policies_comparison, run_comparison
+    from orchestration.evaluation import eval_settings
+
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a red cube\ntwo cats\n")
     rewards = tmp_path / "rewards.yaml"
     rewards.write_text("- name: jpeg_compressibility_pairwise\n- name: jpeg_compressibility\n")
     common = ["--prompts", str(prompts), "--rewards", str(rewards), "--out"]
     _flexgrpo("eval", str(run), *SHORT, *common, str(tmp_path / "run_form"))
-    explicit = ["--baseline", "tiny-sd3", "--candidate", str(run / "transformer")]
-    _flexgrpo("eval", *explicit, *common, str(tmp_path / "folder_form"), *SHORT)
-
     by_run = json.loads((tmp_path / "run_form" / "eval.json").read_text())
-    by_folder = json.loads((tmp_path / "folder_form" / "eval.json").read_text())
     assert by_run["settings"]["candidate"]["transformer"] == str(run / "transformer")
-    assert by_folder["settings"]["candidate"]["transformer"] == str(run / "transformer")
     assert by_run["settings"]["baseline"]["transformer"] is None
     point = by_run["rewards"]["jpeg_compressibility"]
     assert point["candidate_mean"] != point["baseline_mean"]  # the trained transformer was sampled
-    assert by_folder["rewards"] == by_run["rewards"]  # same samples, same figures, whichever way it was named
+
+    # --candidate TRANSFORMER_FOLDER (with the tiny recipe's settings): the same sides and sampling settings, so
+    # the same samples and figures
+    specs = [{"name": "jpeg_compressibility_pairwise"}, {"name": "jpeg_compressibility"}]
+    cfg, baseline, candidate = run_comparison(run, SHORT, specs)
+    recipe, *sides = policies_comparison(("tiny-sd3", None), (str(run / "transformer"), None), None, SHORT, specs)
+    assert sides == [baseline, candidate] and candidate.policy.transformer == str(run / "transformer")
+    assert eval_settings(recipe) == eval_settings(cfg)
+    assert recipe.eval.samples_per_prompt == cfg.eval.samples_per_prompt and recipe.eval.rewards == cfg.eval.rewards
 
     checkpoint = next((run / "checkpoints").glob("step_*"))
     refused = ["--baseline", "tiny-sd3", "--candidate", str(checkpoint)]
