@@ -29,7 +29,8 @@ os.environ.setdefault("FLEXGRPO_CACHE", str(Path(__file__).resolve().parents[1] 
 from cluster.embedded_redis import EmbeddedRedis  # noqa: E402
 from flexgrpo.control_plane import ControlPlane  # noqa: E402
 from tests.local_cluster import LocalCluster  # noqa: E402
-from tests.process_job import FLEXGRPO, Job  # noqa: E402
+from tests.process_job import Job  # noqa: E402
+from tests.user_shell import FLEXGRPO  # noqa: E402
 
 STEPS, KILL_AT = 12, 5
 SCALE_UP_STEPS = 200  # the scale-up row's job: stopped once the new worker carried a group

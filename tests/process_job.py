@@ -5,15 +5,13 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import psutil
 
 from flexgrpo.control_plane import ControlPlane, ControlPlaneUnavailable
-
-FLEXGRPO = str(Path(sys.executable).with_name("flexgrpo"))
+from tests.user_shell import FLEXGRPO
 
 
 class Job:

@@ -12,15 +12,13 @@ import re
 import signal
 import subprocess
 import time
-from pathlib import Path
 
 import pytest
 
-from tests.process_job import FLEXGRPO, Job
+from tests.process_job import Job
+from tests.user_shell import CLEAN_ENV, FLEXGRPO, REPO
 
 pytestmark = pytest.mark.long
-REPO = Path(__file__).resolve().parents[1]
-CLEAN_ENV = {"PATH": os.environ["PATH"], "HOME": os.environ["HOME"]}
 STEPS = 8
 FIRST_LINE = "Ctrl-C: checkpointing and stopping at the end of this step"
 

@@ -6,9 +6,6 @@ side-by-side grids; a policy against itself wins exactly half; bad input is one 
 run serves every evaluation here."""
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -19,17 +16,9 @@ from orchestration.cli import main
 from orchestration.driver import train
 from orchestration.eval_run import EvalInputError, markdown, read_prompt_file, summarize
 from tests.conftest import tiny_config
+from tests.user_shell import FLEXGRPO, run_in_clean_shell
 
-REPO = Path(__file__).resolve().parents[1]
-FLEXGRPO = Path(sys.executable).parent / "flexgrpo"
-CLEAN_ENV = {"PATH": os.environ["PATH"], "HOME": os.environ["HOME"]}
 SHORT = ["sampler.eval_num_steps=4", "eval.samples_per_prompt=1"]  # the pinned settings checked below
-
-
-def _flexgrpo(*args: str) -> subprocess.CompletedProcess:
-    done = subprocess.run([str(FLEXGRPO), *args], cwd=REPO, env=CLEAN_ENV, capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return done
 
 
 @pytest.fixture(scope="module")
@@ -113,7 +102,9 @@ def test_a_runs_lora_against_the_plain_model_and_a_model_against_itself(inputs):
     run, out = inputs["run"], inputs["root"] / "lora_vs_plain"
     common = ["--prompts", str(inputs["prompts"]), "--rewards", str(inputs["rewards"]), *SHORT]
     checkpoint = next((run / "checkpoints").glob("step_*"))
-    done = _flexgrpo("eval", "--baseline", "tiny-sd3", "--candidate", str(checkpoint), "--out", str(out), *common)
+    done = run_in_clean_shell(
+        [FLEXGRPO, "eval", "--baseline", "tiny-sd3", "--candidate", str(checkpoint), "--out", str(out), *common]
+    )
     assert "| jpeg_compressibility_pairwise | all | 2 |" in done.stdout
     report = json.loads((out / "eval.json").read_text())
     judge = report["rewards"]["jpeg_compressibility_pairwise"]

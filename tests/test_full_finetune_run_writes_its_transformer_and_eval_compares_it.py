@@ -4,42 +4,35 @@ a user runs it (a shell with only PATH and HOME); `--candidate TRANSFORMER_FOLDE
 with the same settings; a full fine-tune's checkpoint (DeepSpeed state only) is refused with one line."""
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-FLEXGRPO = Path(sys.executable).parent / "flexgrpo"
-CLEAN_ENV = {"PATH": os.environ["PATH"], "HOME": os.environ["HOME"]}
+from tests.user_shell import FLEXGRPO, run_in_clean_shell
+
 SHORT = ["sampler.eval_num_steps=4", "eval.samples_per_prompt=1"]
 
 pytestmark = pytest.mark.slow
 
 
-def _flexgrpo(*args: str, code: int = 0) -> subprocess.CompletedProcess:
-    done = subprocess.run([str(FLEXGRPO), *args], cwd=REPO, env=CLEAN_ENV, capture_output=True, text=True, timeout=900)
-    assert done.returncode == code, done.stderr[-3000:]
-    return done
-
-
 @pytest.fixture(scope="module")
 def run(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("fullft")
-    done = _flexgrpo(
-        "train",
-        f"run.output_dir={root}",
-        "run.name=full",
-        "policy.lora.enabled=false",
-        "run.num_steps=1",
-        "grpo.groups_per_step=1",
-        "grpo.group_size=4",
-        "sampler.num_steps=4",
-        "learner.lr=0.01",
-        "eval.every=0",
+    done = run_in_clean_shell(
+        [
+            FLEXGRPO,
+            "train",
+            f"run.output_dir={root}",
+            "run.name=full",
+            "policy.lora.enabled=false",
+            "run.num_steps=1",
+            "grpo.groups_per_step=1",
+            "grpo.group_size=4",
+            "sampler.num_steps=4",
+            "learner.lr=0.01",
+            "eval.every=0",
+        ]
     )
     assert f"transformer (diffusers format): {root / 'full' / 'transformer'}" in done.stdout
     return root / "full"
@@ -71,7 +64,7 @@ def test_eval_of_the_run_and_of_its_transformer_folder_agree(run, tmp_path):
     rewards = tmp_path / "rewards.yaml"
     rewards.write_text("- name: jpeg_compressibility_pairwise\n- name: jpeg_compressibility\n")
     common = ["--prompts", str(prompts), "--rewards", str(rewards), "--out"]
-    _flexgrpo("eval", str(run), *SHORT, *common, str(tmp_path / "run_form"))
+    run_in_clean_shell([FLEXGRPO, "eval", str(run), *SHORT, *common, str(tmp_path / "run_form")])
     by_run = json.loads((tmp_path / "run_form" / "eval.json").read_text())
     assert by_run["settings"]["candidate"]["transformer"] == str(run / "transformer")
     assert by_run["settings"]["baseline"]["transformer"] is None
@@ -89,5 +82,5 @@ def test_eval_of_the_run_and_of_its_transformer_folder_agree(run, tmp_path):
 
     checkpoint = next((run / "checkpoints").glob("step_*"))
     refused = ["--baseline", "tiny-sd3", "--candidate", str(checkpoint)]
-    done = _flexgrpo("eval", *refused, *common, str(tmp_path / "refused"), code=2)
+    done = run_in_clean_shell([FLEXGRPO, "eval", *refused, *common, str(tmp_path / "refused")], code=2)
     assert "holds DeepSpeed state only" in done.stderr and done.stderr.count("\n") == 1

@@ -17,7 +17,8 @@ import pytest
 import redis
 
 from orchestration.checkpoints import PARTIAL
-from tests.process_job import FLEXGRPO, Job
+from tests.process_job import Job
+from tests.user_shell import FLEXGRPO
 
 pytestmark = pytest.mark.long
 STEPS = 12  # checkpoints every 3 steps: a learner restart goes back to the last multiple of 3

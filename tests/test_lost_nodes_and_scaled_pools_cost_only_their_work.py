@@ -25,7 +25,8 @@ import subprocess
 import pytest
 
 from tests.local_cluster import LocalCluster, alive_on
-from tests.process_job import FLEXGRPO, Job, kill_tree, sampled_by, wait_until
+from tests.process_job import Job, kill_tree, sampled_by, wait_until
+from tests.user_shell import FLEXGRPO
 
 pytestmark = pytest.mark.long
 STEPS = 1000  # more than the test needs: it stops the job when done (a step takes ~0.5 s with the hold)

@@ -27,7 +27,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -36,11 +35,11 @@ import torch
 from actors.real_shapes import real_shape_path
 from flexgrpo.config import LoraConfig
 from reward_workers.real_shape_judges import real_shape_judge_path
+from tests.user_shell import CLEAN_ENV, FLEXGRPO
 
 pytestmark = [pytest.mark.slow, pytest.mark.real_shapes]
 
 REPO = Path(__file__).resolve().parents[1]
-FLEXGRPO = str(Path(sys.executable).with_name("flexgrpo"))
 JUDGE = "real-shape-qwen3-vl-8b-judge"
 REDUCED = [
     "cluster.num_gpus=3",
@@ -110,10 +109,11 @@ def run_recipe(recipe: str, tmp_path: Path) -> Path:
         *(f"{key}={real_shape_judge_path(name, FULL_DEPTH)}" for key, name in SCORERS.get(recipe, {}).items()),
         *reduced,
     ]
-    env = {"PATH": os.environ["PATH"], "HOME": os.environ["HOME"]}
     log = tmp_path / "train.log"
     with open(log, "wb") as out:
-        code = subprocess.run(args, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=tmp_path, timeout=900).returncode
+        code = subprocess.run(
+            args, stdout=out, stderr=subprocess.STDOUT, env=CLEAN_ENV, cwd=tmp_path, timeout=900
+        ).returncode
     assert code == 0, log.read_text(errors="replace")[-6000:]
     return next(p for p in tmp_path.iterdir() if (p / "metrics.jsonl").is_file())
 

