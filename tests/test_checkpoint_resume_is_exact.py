@@ -4,7 +4,6 @@ behind the checkpoints as it goes, still audits every group trained exactly once
 evaluation samples are kept in the run directory, and the resumed job judges against them, not new ones."""
 
 import hashlib
-import json
 import logging
 
 import pytest
@@ -14,6 +13,7 @@ from safetensors.torch import load_file, save_file
 from orchestration.checkpoints import latest_checkpoint, read_run_state
 from orchestration.cli import main
 from orchestration.driver import train
+from orchestration.reporting import read_metrics
 from tests.conftest import tiny_config
 
 pytestmark = pytest.mark.slow
@@ -38,10 +38,6 @@ def _cfg(tmp_path, name, steps):
     )
 
 
-def _rows(run_dir) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-
-
 @pytest.fixture(scope="module")
 def runs(ray_local, tmp_path_factory) -> dict:
     """A job of 4 steps run straight through; the same job stopped after 2 steps, its stored starting samples
@@ -63,7 +59,7 @@ def test_stop_and_resume_equals_straight_run_and_a_finished_run_resumes_to_nothi
     assert (state.step, state.policy_version) == (2, 2)
 
     assert resumed.steps == 4 and resumed.reward_means == straight.reward_means
-    assert [r["step"] for r in _rows(tmp_path / "resumed")] == [0, 1, 2, 3]
+    assert [r["step"] for r in read_metrics(tmp_path / "resumed")] == [0, 1, 2, 3]
     a = load_file(straight.weights_dir / "pytorch_lora_weights.safetensors")
     b = load_file(resumed.weights_dir / "pytorch_lora_weights.safetensors")
     assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
@@ -84,7 +80,8 @@ def test_stop_and_resume_equals_straight_run_and_a_finished_run_resumes_to_nothi
 
 
 def test_a_resumed_run_judges_against_the_stored_starting_samples(runs):
-    rows = _rows(runs["root"] / "resumed")
+    rows = read_metrics(runs["root"] / "resumed")
+    assert [r["step"] for r in rows] == [0, 1, 2, 3]
     assert all(r[f"eval/{SMALLER}/win_rate_vs_start"] >= 0 for r in rows[:2])  # before the stop: its own start
     for row in rows[2:]:  # after the resume: against the stored (flat) samples, which every sample loses to
         assert row[f"eval/{SMALLER}/win_rate_vs_start"] == 0.0 and row[f"eval/{LARGER}/win_rate_vs_start"] == 1.0

@@ -11,6 +11,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from orchestration.driver import train
+from orchestration.reporting import read_metrics
 from tests.conftest import tiny_config
 
 pytestmark = pytest.mark.slow
@@ -18,10 +19,6 @@ pytestmark = pytest.mark.slow
 SMALLER, LARGER = "jpeg_compressibility_pairwise", "jpeg_incompressibility_pairwise"
 SCORERS = (SMALLER, LARGER, "jpeg_compressibility", "jpeg_incompressibility")  # the last: an independent scorer
 EVAL_REWARDS = "eval.rewards=[" + ", ".join(f"{{name: {name}}}" for name in SCORERS) + "]"
-
-
-def _rows(run_dir):
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
 @pytest.mark.long  # trained until the win rate moves: 20 steps and two evaluations
@@ -37,7 +34,7 @@ def test_win_rate_against_the_start_rises_with_training(ray_local, tmp_path):
         EVAL_REWARDS,
     )
     summary = train(cfg)
-    rows = _rows(tmp_path / "winrate")
+    rows = read_metrics(tmp_path / "winrate")
     before, after = rows[0], rows[-1]
     for name in (SMALLER, LARGER):  # the starting policy against itself: every pair a tie
         figure = f"eval_before/{name}/win_rate_vs_start"

@@ -11,6 +11,7 @@ from PIL import Image
 from cluster.embedded_redis import EmbeddedRedis
 from flexgrpo.control_plane import ControlPlane
 from orchestration.driver import train
+from orchestration.reporting import read_metrics
 from tests.conftest import tiny_config
 
 pytestmark = pytest.mark.slow
@@ -34,10 +35,6 @@ def _train(tmp_path, name: str, *overrides: str):
     return train(tiny_config(f"run.output_dir={tmp_path}", f"run.name={name}", *E2E, *overrides))
 
 
-def _metrics(run_dir) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-
-
 @pytest.fixture(scope="module")
 def e2e(ray_local, tmp_path_factory):
     """One run of 3 steps with an evaluation before training and after each step: (its summary, its folder)."""
@@ -47,7 +44,7 @@ def e2e(ray_local, tmp_path_factory):
 
 def test_run_writes_metrics_samples_lora_and_registry(e2e):
     summary, run_dir = e2e
-    rows = _metrics(run_dir)
+    rows = read_metrics(run_dir)
     assert [r["step"] for r in rows] == [0, 1, 2]
     assert all(isinstance(r["reward_mean"], float) and r["reward_mean"] < 0 for r in rows)  # minus JPEG kB
     assert all(abs(r["loss/ratio_mean"] - 1) < 1e-5 for r in rows)  # synchronous: on-policy
@@ -95,7 +92,7 @@ def test_run_writes_metrics_samples_lora_and_registry(e2e):
 
 
 def test_evaluation_runs_on_schedule_with_fixed_seeds_and_a_baseline(e2e, tmp_path):
-    rows = _metrics(e2e[1])
+    rows = read_metrics(e2e[1])
     mean = "jpeg_compressibility/mean"  # the training reward scores the evaluation (no eval.rewards)
     assert all(f"eval/{mean}" in r and r["timing/eval"] > 0 and r["eval/ema"] == 0 for r in rows)
     evals = [rows[0][f"eval_before/{mean}"], *(r[f"eval/{mean}"] for r in rows)]
@@ -109,7 +106,7 @@ def test_evaluation_runs_on_schedule_with_fixed_seeds_and_a_baseline(e2e, tmp_pa
     # with an EMA the same run evaluates the EMA: the same baseline (the EMA starts as the weights), then not
     # the weights (0.5 w0 + 0.5 w1 after the first step)
     _train(tmp_path, "e2e-ema", "learner.ema_decay=0.5")
-    ema_rows = _metrics(tmp_path / "e2e-ema")
+    ema_rows = read_metrics(tmp_path / "e2e-ema")
     assert all(r["eval/ema"] == 1 for r in ema_rows)
     assert ema_rows[0]["eval_before/" + mean] == evals[0]
     assert ema_rows[0]["eval/" + mean] != evals[1]
